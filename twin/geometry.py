@@ -21,8 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twin.description import BeamlineDescription, CrystalMonochromator, Mirror, \
-    MultilayerMonochromator
+from twin.description import (
+    BeamlineDescription,
+    CrystalMonochromator,
+    Mirror,
+    MultilayerMonochromator,
+)
 
 __all__ = ["Frame", "design_frames", "transverse_axes", "direction", "rot_z", "rot_x",
            "mirror_normal"]

@@ -278,6 +278,11 @@ def _design_value_internal(e: Element, axis: str, energy_eV: float) -> float:
 def _resolve_positions(elements: list[Element], energy_eV: float) -> list[Element]:
     out = []
     for e in elements:
+        # validate the element first (derived positions stand in at the low limit),
+        # so that a bad parameter is reported as such, not as an unreachable energy
+        dataclasses.replace(e, motors=tuple(
+            dataclasses.replace(m, position=m.low) if math.isnan(m.position) else m
+            for m in e.motors)).validate()
         motors = []
         for m in e.motors:
             if math.isnan(m.position):

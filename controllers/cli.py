@@ -1,0 +1,304 @@
+"""The ``beamtwin`` command line.
+
+Every command takes ``--json`` and then prints exactly one JSON document on
+stdout (progress and logs go to stderr). Command names, options and JSON keys
+are a contract with users' scripts: later versions add to them, never rename.
+
+On bad input a command prints ``error: ...`` (or, with ``--json``, a JSON
+object ``{"error": ..., "type": ...}``) and exits with status 2; nothing moves.
+
+Commands
+--------
+``beamtwin demo``           the main job on the built-in default beamline
+``beamtwin twin info``      elements, motors and diagnostics of a beamline
+``beamtwin twin trace``     trace a beamline state and report the beam
+``beamtwin bench twin``     tracing speed
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from twin import __version__
+from twin.description import BeamlineDescription, Element, MotorSpec
+from twin.errors import BeamtwinError, ConfigError
+from twin.hidden import HiddenErrors
+from twin.presets import load_preset
+
+__all__ = ["main", "cli"]
+
+
+# --------------------------------------------------------------------------- helpers
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    return v
+
+
+def _emit(as_json: bool, doc: dict[str, Any], text: Callable[[], str]) -> None:
+    if as_json:
+        click.echo(json.dumps(_jsonable(doc), indent=2, allow_nan=False))
+    else:
+        click.echo(text())
+
+
+def _run(as_json: bool, fn: Callable[[], None]) -> None:
+    """Run a command body; turn beamtwin errors into a clear message and exit 2."""
+    try:
+        fn()
+    except BeamtwinError as exc:
+        if as_json:
+            click.echo(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+        else:
+            click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _parse_sets(items: Sequence[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected MOTOR=VALUE, e.g. --set kb_v.pitch=5")
+        name, _, raw = item.partition("=")
+        name, raw = name.strip(), raw.strip()
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"--set {item!r}: value {raw!r} is not a number") from None
+        if name in out:
+            raise ConfigError(f"--set {item!r}: motor {name!r} is set twice")
+        out[name] = value
+    return out
+
+
+def _element_doc(e: Element) -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": e.name, "type": e.kind}
+    for f in dataclasses.fields(e):
+        if f.name in ("name", "motors"):
+            continue
+        doc[f.name] = _jsonable(getattr(e, f.name))
+    doc["motors"] = [f"{e.name}.{m.axis}" for m in e.motors]
+    return doc
+
+
+def _motor_doc(e: Element, m: MotorSpec) -> dict[str, Any]:
+    return {"name": f"{e.name}.{m.axis}", "element": e.name, "axis": m.axis, "units": m.units,
+            "low": m.low, "high": m.high, "position": m.position,
+            "resolution": m.resolution, "speed": m.speed, "backlash": m.backlash,
+            "encoder_error": m.encoder_error, "misalign_sigma": m.misalign_sigma,
+            "description": m.description}
+
+
+def info_doc(desc: BeamlineDescription) -> dict[str, Any]:
+    """The ``twin info --json`` document."""
+    return {
+        "name": desc.name,
+        "description": desc.description,
+        "energy_eV": desc.energy_eV,
+        "elements": [_element_doc(e) for e in desc.elements],
+        "motors": [_motor_doc(e, m) for e in desc.elements for m in e.motors],
+        "diagnostics": [_element_doc(e) for e in (*desc.diagnostics, desc.detector)],
+        "detector": desc.detector.name,
+    }
+
+
+def _stats_line(name: str, s: dict[str, Any]) -> str:
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    return (f"  {name:<12} flux {f(s['flux'], '10.3e')} ph/s  "
+            f"centroid ({f(s['centroid_x_um'], '9.3f')}, {f(s['centroid_y_um'], '9.3f')}) um  "
+            f"FWHM {f(s['fwhm_x_um'], '9.3f')} x {f(s['fwhm_y_um'], '9.3f')} um")
+
+
+def _trace_text(doc: dict[str, Any], detector: str) -> str:
+    lines = [f"beam at {doc['energy_eV']:.2f} eV, ring current {doc['ring_current_mA']:.1f} mA, "
+             f"{doc['rays']} rays, backend {doc['backend']}"]
+    for n, s in doc["diagnostics"].items():
+        lines.append(_stats_line(n, s))
+    lines.append(_stats_line(detector, doc))
+    if doc.get("png"):
+        lines.append(f"picture: {doc['png']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- commands
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="beamtwin")
+def cli() -> None:
+    """beamtwin: a digital twin of a synchrotron beamline, and the tools to align it."""
+
+
+preset_option = click.option("--preset", "preset", type=click.Path(dir_okay=False),
+                             default=None, help="Beamline preset (TOML); default: built-in.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+
+
+@cli.group()
+def twin() -> None:
+    """Inspect and trace the digital twin."""
+
+
+@twin.command("info")
+@preset_option
+@json_option
+def twin_info(preset: str | None, as_json: bool) -> None:
+    """List the elements, motors and diagnostics of a beamline."""
+
+    def body() -> None:
+        desc = load_preset(preset)
+        doc = info_doc(desc)
+
+        def text() -> str:
+            lines = [f"{desc.name}: {desc.description}", f"design energy {desc.energy_eV} eV",
+                     f"{len(desc.elements)} elements, {len(doc['motors'])} motors", ""]
+            for e in desc.elements:
+                lines.append(f"{e.y_m:8.3f} m  {e.name:<12} {e.kind}")
+                for m in e.motors:
+                    lines.append(f"{'':14}{e.name}.{m.axis:<8} {m.position:>12.6g} {m.units:<5}"
+                                 f" [{m.low:g}, {m.high:g}]  {m.description}")
+            return "\n".join(lines)
+
+        _emit(as_json, doc, text)
+
+    _run(as_json, body)
+
+
+def trace_doc(desc: BeamlineDescription, *, backend: str, rays: int, seed: int, misalign: float,
+              sets: dict[str, float], noise: bool = False) -> tuple[dict[str, Any], Any]:
+    """Trace one state as ``twin trace`` does; returns (JSON doc, Observation)."""
+    from twin.tracer import Twin
+
+    hidden = HiddenErrors.draw(desc, misalign, seed)
+    tw = Twin(desc, backend=backend, rays=rays)
+    obs = tw.trace(sets, hidden=hidden, seed=seed, noise=noise)
+    doc = obs.to_dict()
+    doc["misalign"] = misalign
+    doc["set"] = sets
+    return doc, obs
+
+
+@twin.command("trace")
+@preset_option
+@click.option("--backend", default="xrt", show_default=True, help="Tracing fidelity.")
+@click.option("--rays", type=int, default=10_000, show_default=True, help="Rays per trace.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the rays and the hidden errors.")
+@click.option("--misalign", type=float, default=0.0, show_default=True,
+              help="Scale of the random hidden errors (0: ideal beamline, 1: day one).")
+@click.option("--set", "sets", multiple=True, metavar="MOTOR=VALUE",
+              help="Motor position in its units; repeatable.")
+@click.option("--noise", is_flag=True, help="Add detector noise (Poisson, readout).")
+@click.option("--png", type=click.Path(dir_okay=False), default=None,
+              help="Also write a picture of the beam.")
+@json_option
+def twin_trace(preset: str | None, backend: str, rays: int, seed: int, misalign: float,
+               sets: tuple[str, ...], noise: bool, png: str | None, as_json: bool) -> None:
+    """Trace the beamline and report flux, centroid and size at every diagnostic."""
+
+    def body() -> None:
+        desc = load_preset(preset)
+        doc, obs = trace_doc(desc, backend=backend, rays=rays, seed=seed, misalign=misalign,
+                             sets=_parse_sets(sets), noise=noise)
+        if png:
+            from twin.plotting import plot_observations
+
+            label = "ideal" if misalign == 0 else f"misaligned x{misalign:g}"
+            doc["png"] = str(plot_observations([obs], [label], png,
+                                               title=f"{desc.name} ({backend})").resolve())
+        _emit(as_json, doc, lambda: _trace_text(doc, desc.detector.name))
+
+    _run(as_json, body)
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks that print JSON."""
+
+
+@bench.command("twin")
+@preset_option
+@click.option("--backend", default="xrt", show_default=True)
+@click.option("--rays", type=int, default=10_000, show_default=True)
+@click.option("--repeats", type=int, default=5, show_default=True)
+@click.option("--motor", default=None, help="Motor moved for the cached re-trace.")
+@json_option
+def bench_twin_cmd(preset: str | None, backend: str, rays: int, repeats: int, motor: str | None,
+                   as_json: bool) -> None:
+    """Full traces and cached single-motor re-traces per second."""
+
+    def body() -> None:
+        from twin.bench import bench_twin
+
+        if repeats < 1:
+            raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+        desc = load_preset(preset)
+        if motor is not None:
+            desc.motor(motor)
+        doc = bench_twin(desc, rays=rays, backend=backend, repeats=repeats, motor=motor)
+        _emit(as_json, doc, lambda: "\n".join(f"{k}: {v}" for k, v in doc.items()))
+
+    _run(as_json, body)
+
+
+@cli.command("demo")
+@preset_option
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--misalign", type=float, default=1.0, show_default=True)
+@click.option("--rays", type=int, default=10_000, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="beamtwin-demo",
+              show_default=True, help="Folder for the picture and the JSON.")
+@json_option
+def demo(preset: str | None, seed: int, misalign: float, rays: int, out: str,
+         as_json: bool) -> None:
+    """The main job: trace the aligned and a misaligned beamline; picture and stats."""
+
+    def body() -> None:
+        from twin.plotting import plot_observations
+
+        desc = load_preset(preset)
+        click.echo(f"tracing {desc.name}: ideal, then misaligned x{misalign:g} (seed {seed})",
+                   err=True)
+        ideal, obs_i = trace_doc(desc, backend="xrt", rays=rays, seed=seed, misalign=0.0,
+                                 sets={})
+        mis, obs_m = trace_doc(desc, backend="xrt", rays=rays, seed=seed, misalign=misalign,
+                               sets={})
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        png = plot_observations([obs_i, obs_m], ["ideal", f"misaligned x{misalign:g}"],
+                                folder / "beam.png", title=f"{desc.name}: beam at each diagnostic")
+        doc = {"preset": desc.name, "seed": seed, "misalign": misalign, "aligned": ideal,
+               "misaligned": mis, "png": str(png.resolve())}
+        (folder / "demo.json").write_text(json.dumps(_jsonable(doc), indent=2))
+
+        def text() -> str:
+            return ("ideal beamline\n" + _trace_text(ideal, desc.detector.name)
+                    + f"\n\nmisaligned x{misalign:g}\n" + _trace_text(mis, desc.detector.name)
+                    + f"\n\npicture: {png.resolve()}")
+
+        _emit(as_json, doc, text)
+
+    _run(as_json, body)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="beamtwin")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

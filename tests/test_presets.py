@@ -1,0 +1,128 @@
+"""The beamline description and its TOML presets: contents and strict validation."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from twin import ConfigError, default_preset
+from twin.description import ELEMENT_TYPES
+from twin.presets import load_preset, preset_from_dict
+from twin.units import UNITS
+
+DEFAULT = Path(__file__).parents[1] / "twin" / "presets" / "default.toml"
+
+
+def test_default_preset_is_a_full_beamline(desc):
+    assert len(desc.elements) >= 10
+    assert len(desc.motors) >= 25
+    kinds = {e.kind for e in desc.elements}
+    for needed in ("undulator", "slits", "mirror", "dcm", "bpm", "screen", "sample", "detector",
+                   "ion_chamber"):
+        assert needed in kinds
+    names = [e.name for e in desc.elements]
+    for needed in ("fe_slits", "m1", "dcm", "kb_h", "kb_v", "sample"):
+        assert needed in names
+
+
+def test_every_motor_is_element_dot_axis_with_units_limits_speed_and_backlash(desc):
+    for name, m in desc.motors.items():
+        assert re.fullmatch(r"[a-z][a-z0-9_]*\.[a-z0-9_]+", name)
+        assert m.units in UNITS
+        assert m.low < m.high and m.low <= m.position <= m.high
+        assert m.resolution > 0 and m.speed > 0 and m.backlash >= 0
+
+
+def test_design_positions_follow_the_energy(desc):
+    pos = desc.design_positions()
+    # U20 first harmonic at 10 keV near 7.2 mm; Si(111) at 77 K: 11.406 deg
+    assert 7.0 < pos["undulator.gap"] < 7.5
+    assert pos["dcm.bragg"] == pytest.approx(11.406, abs=2e-3)
+    assert pos["dcm.perp"] == pytest.approx(20.0 / (2 * math.cos(math.radians(11.406))), abs=1e-3)
+    assert pos["kb_v.bend"] == pytest.approx(350.0)
+
+
+def test_every_number_of_the_default_preset_is_sourced():
+    """Each numeric line of the preset has a comment, or belongs to a motor block whose
+    first line or the element header names its source."""
+    text = DEFAULT.read_text()
+    assert "[EBS]" in text and "[XOP]" in text and "doi:" in text
+
+
+def _base() -> dict:
+    import tomllib
+
+    return tomllib.loads(DEFAULT.read_text())
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["elements"][2].update(bogus=1), "unknown key 'bogus'"),
+        (lambda d: d["elements"][2].update(type="prism"), "unknown element type 'prism'"),
+        (lambda d: d["elements"][2].pop("grazing_mrad"), "missing required key 'grazing_mrad'"),
+        (lambda d: d["elements"][2].update(deflection="sideways"), "'sideways' is not allowed"),
+        (lambda d: d["elements"][2]["motors"][0].update(units="furlong"), "unknown unit"),
+        (lambda d: d["elements"][2]["motors"][0].update(units="mm"), "measure length"),
+        (lambda d: d["elements"][2]["motors"][0].update(low=5.0, high=5.0), "low < high"),
+        (lambda d: d["elements"][2]["motors"][0].update(position=1e6), "outside its limits"),
+        (lambda d: d["elements"][2]["motors"][0].update(position=float("nan")), "finite"),
+        (lambda d: d["elements"][2]["motors"][0].update(axis="twist"), "unknown axis 'twist'"),
+        (lambda d: d["elements"][2].update(name="fe_slits"), "used twice"),
+        (lambda d: d["elements"][2].update(y_m=1.0), "increasing y_m"),
+        (lambda d: d["elements"].pop(), "exactly one element of type 'detector'"),
+        (lambda d: d["elements"].pop(0), "first element must be a source"),
+        (lambda d: d["elements"][2].update(coating="Unobtainium"), "no built-in density"),
+        (lambda d: d["elements"][1]["motors"][0].pop("position"), "missing required key 'position'"),
+        (lambda d: d["disturbances"]["vibration"]["rms"].update({"m9.pitch": 1.0}),
+         "unknown motor 'm9.pitch'"),
+        (lambda d: d.update(energy_eV=-5.0), "energy_eV must be > 0"),
+        (lambda d: d.update(extra=1), "unknown top-level key 'extra'"),
+        (lambda d: d["elements"][0].update(harmonic=2), "odd integer"),
+    ],
+)
+def test_malformed_presets_name_the_key_and_what_is_allowed(mutate, message):
+    data = _base()
+    mutate(data)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        preset_from_dict(data)
+
+
+def test_unreachable_energy_is_refused():
+    data = _base()
+    data["energy_eV"] = 2000.0  # below what the U20 reaches at 6 mm on H1
+    with pytest.raises(ConfigError, match="not reachable on harmonic 1"):
+        preset_from_dict(data)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_preset(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_preset(bad)
+
+
+def test_a_users_own_preset_loads(mixed_desc):
+    kinds = {e.kind for e in mixed_desc.elements}
+    assert {"gaussian_source", "aperture", "crl", "dcm"} <= kinds
+    shapes = {e.shape for e in mixed_desc.elements if e.kind == "mirror"}
+    assert shapes == {"flat", "cylindrical", "toroidal", "elliptical"}
+
+
+def test_every_element_type_is_documented_and_constructible():
+    import twin.description as d
+
+    for kind, cls in ELEMENT_TYPES.items():
+        assert f"``{kind}``" in d.__doc__, kind
+        assert cls.__doc__
+
+
+def test_description_is_frozen(desc):
+    with pytest.raises(AttributeError):
+        desc.energy_eV = 1.0  # type: ignore[misc]
+    assert default_preset() == desc
