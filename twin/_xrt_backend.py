@@ -57,6 +57,7 @@ from twin.settings import (
     SlitSettings,
     SourceSettings,
 )
+from twin.units import to_internal
 
 __all__ = ["XrtBackend", "RayHits"]
 
@@ -66,15 +67,15 @@ _SOURCE_CACHE_SIZE = 8
 @contextlib.contextmanager
 def _quiet_seeded(seed: int | None) -> Iterator[None]:
     """Run xrt with numpy's global RNG seeded (then restored) and stdout swallowed."""
-    state = np.random.get_state()
+    state = np.random.get_state()  # noqa: NPY002 - xrt uses the legacy global RNG
     if seed is not None:
-        np.random.seed(seed % (2**32))
+        np.random.seed(seed % (2**32))  # noqa: NPY002
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        np.random.set_state(state)
+        np.random.set_state(state)  # noqa: NPY002
 
 
 def _import_xrt() -> Any:
@@ -376,9 +377,14 @@ class XrtBackend:
         else:  # pragma: no cover
             raise BackendError(f"{e.kind} is not a monochromator")
         w, L = e.width_mm / 2, e.length_mm / 2
+        # the second crystal is centred on the design footprint, perp / tan(bragg) along it
+        bragg_m = e.motor("bragg")
+        theta0 = to_internal(bragg_m.position, bragg_m.units)  # type: ignore[union-attr]
+        long2 = e.fixed_exit_mm / (2.0 * math.cos(theta0)) / math.tan(theta0)
         dcm = roe.DCM(bl, center=list(frame.center), bragg=s.bragg, pitch=frame.el_in,
                       yaw=-frame.az_in, material=mat, material2=mat,
-                      cryst2perpTransl=s.perp, cryst2pitch=s.pitch2, cryst2roll=s.roll2,
+                      cryst2perpTransl=s.perp, cryst2longTransl=long2,
+                      cryst2pitch=s.pitch2, cryst2roll=s.roll2,
                       limPhysX=[-w, w], limPhysY=[-L, L], limPhysX2=[-w, w],
                       limPhysY2=[-2 * L, 2 * L])
         gb, lb1, lb2 = dcm.double_reflect(self._copy(beam_in))

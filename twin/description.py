@@ -12,14 +12,15 @@ description, motor positions, hidden errors and a seed.
 
 Element kinds (the ``type`` key in a preset):
 
-========================  ==========================================  ======================================
+========================  ==========================================  =============================
 type                      what                                        motor axes
-========================  ==========================================  ======================================
+========================  ==========================================  =============================
 ``undulator``             planar undulator; gap sets K                ``gap``
 ``gaussian_source``       Gaussian source (sizes, or emittance+beta)  none
 ``slits``                 four-blade slits                            ``hgap vgap hcen vcen``
 ``aperture``              fixed rectangular or round aperture         ``x y``
-``mirror``                flat, cylindrical, elliptical, toroidal     ``pitch roll yaw height lateral bend``
+``mirror``                flat, cylindrical, elliptical, toroidal     ``pitch roll yaw height``
+                                                                      ``lateral bend``
 ``dcm``                   double-crystal monochromator (Si)           ``bragg pitch2 roll2 perp``
 ``dmm``                   double-multilayer monochromator             ``bragg pitch2 roll2 perp``
 ``crl``                   stack of paraboloid refractive lenses       ``x y``
@@ -28,7 +29,7 @@ type                      what                                        motor axes
 ``ion_chamber``           ion chamber (intensity only)                none
 ``sample``                sample stage, observed in its own frame     ``x y z``
 ``detector``              area detector                               ``x y``
-========================  ==========================================  ======================================
+========================  ==========================================  =============================
 """
 
 from __future__ import annotations

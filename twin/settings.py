@@ -42,7 +42,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SourceSettings:
-    """Source: effective gap (mm, None for non-undulator sources), band centre (eV), perturbation."""
+    """Source: effective gap (mm; None without undulator), band centre (eV), perturbation."""
 
     gap_mm: float | None
     energy_eV: float
