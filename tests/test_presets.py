@@ -38,8 +38,9 @@ def test_every_motor_is_element_dot_axis_with_units_limits_speed_and_backlash(de
 
 def test_design_positions_follow_the_energy(desc):
     pos = desc.design_positions()
-    # U20 first harmonic at 10 keV near 7.2 mm; Si(111) at 77 K: 11.406 deg
-    assert 7.0 < pos["undulator.gap"] < 7.5
+    # U20 first harmonic at 10 keV near 7.2 mm (the preset stores the measured flux
+    # maximum, 0.3 % above the on-axis harmonic); Si(111) at 77 K: 11.406 deg
+    assert 7.2 < pos["undulator.gap"] < 7.3
     assert pos["dcm.bragg"] == pytest.approx(11.406, abs=2e-3)
     assert pos["dcm.perp"] == pytest.approx(20.0 / (2 * math.cos(math.radians(11.406))), abs=1e-3)
     assert pos["kb_v.bend"] == pytest.approx(350.0)
@@ -94,8 +95,16 @@ def test_malformed_presets_name_the_key_and_what_is_allowed(mutate, message):
 
 def test_unreachable_energy_is_refused():
     data = _base()
+    data["elements"][0]["motors"][0].pop("position")  # derive the gap from the energy
     data["energy_eV"] = 2000.0  # below what the U20 reaches at 6 mm on H1
     with pytest.raises(ConfigError, match="not reachable on harmonic 1"):
+        preset_from_dict(data)
+    data["energy_eV"] = 10000.0
+    assert preset_from_dict(data).design_positions()["undulator.gap"] == pytest.approx(
+        7.2236, abs=1e-3)  # the on-axis harmonic formula
+    data["energy_eV"] = 2000.0
+    data["elements"][0]["motors"][0]["position"] = 7.0
+    with pytest.raises(ConfigError, match="outside its limits"):  # the DCM cannot reach it
         preset_from_dict(data)
 
 
