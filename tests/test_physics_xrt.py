@@ -174,3 +174,12 @@ def test_the_design_gap_is_the_flux_maximum_of_a_gap_scan(xrt_twin, desc):
     flux = {dg: xrt_twin.trace({"undulator.gap": g0 + dg}, seed=SEED).diagnostics["i0"].stats.flux
             for dg in (-0.02, 0.0, 0.02)}
     assert flux[0.0] > flux[-0.02] and flux[0.0] > flux[0.02]
+
+
+@pytest.mark.parametrize(("mirror", "axis"), [("kb_v", "y"), ("kb_h", "x")])
+def test_a_bender_sweep_focuses_at_the_design_focal_distance(xrt_twin, desc, mirror, axis):
+    q0 = desc.design_positions()[f"{mirror}.bend"]
+    widths = {dq: getattr(_sample(xrt_twin, **{f"{mirror}.bend": q0 + dq}), f"rms_{axis}_um")
+              for dq in (-10.0, -3.0, 0.0, 3.0, 10.0)}
+    assert min(widths, key=widths.get) == 0.0
+    assert widths[-10.0] > 3 * widths[0.0] and widths[10.0] > 3 * widths[0.0]
