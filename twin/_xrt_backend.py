@@ -62,6 +62,7 @@ from twin.units import to_internal
 __all__ = ["XrtBackend", "RayHits"]
 
 _SOURCE_CACHE_SIZE = 8
+_HC_EV_A = physics.HC_EV_ANGSTROM
 
 
 @contextlib.contextmanager
@@ -166,6 +167,89 @@ class XrtBackend:
             raise BackendError(f"xrt failed while tracing element {e.name!r}: {exc}") from exc
         return {st_e.name: st.hits for st_e, st in zip(self.desc.elements, self._stages,
                                                        strict=True) if st.hits is not None}
+
+    def element_pose(self, name: str, settings: ElementSettings,
+                     second_crystal: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Exact pose of an optical surface as xrt places it: ``(center_mm, R)``.
+
+        ``R`` maps the element's local frame (x across, y along, z the surface
+        normal) to the global frame: ``global = center + R @ local``. Used by the
+        fast backend to share xrt's conventions, and by its tests.
+        """
+        e = self.desc.element(name)
+        frame = self.frames[name]
+        with _quiet_seeded(None):
+            if isinstance(settings, MirrorSettings):
+                oe = self._build_mirror(e, settings, frame)  # type: ignore[arg-type]
+                kw: dict[str, Any] = {}
+            elif isinstance(settings, MonoSettings):
+                oe = self._build_mono(e, settings, frame)
+                kw = {"is2ndXtal": second_crystal}
+            else:
+                raise BackendError(f"{name!r} has no optical surface to probe")
+            rs = self._x[1]
+            probe = rs.Beam(nrays=4)
+            pts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=float)
+            probe.x[:], probe.y[:], probe.z[:] = pts[:, 0], pts[:, 1], pts[:, 2]
+            probe.a[:], probe.b[:], probe.c[:] = 0.0, 1.0, 0.0
+            oe.local_to_global(probe, **kw)
+        g = np.stack([probe.x, probe.y, probe.z], axis=1)
+        return g[0].copy(), (g[1:] - g[0]).T.copy()
+
+    def surface_material(self, name: str) -> Any:
+        """The xrt material of an optical element (for the fast backend's tables)."""
+        e = self.desc.element(name)
+        if isinstance(e, CrystalMonochromator):
+            return self._crystal(e)
+        return self._material(e.coating)  # type: ignore[attr-defined]
+
+    def source_rays(self, settings: SourceSettings, rays: int, seed: int) -> dict[str, Any]:
+        """Unperturbed source rays as plain arrays (shared with the fast backend).
+
+        Returns ``x, y, z`` (mm), ``a, b, c`` (direction cosines), ``E`` (eV),
+        ``Jss, Jpp`` (intensities of the horizontal and vertical polarisation)
+        and ``w0`` (photons/s per unit ray intensity at nominal current).
+        """
+        e = self.desc.source
+        gap = None if settings.gap_mm is None else round(settings.gap_mm, 9)
+        key = (gap, round(settings.energy_eV, 9), rays, seed)
+        if key not in self._sources:
+            self._sources[key] = self._make_source(e, settings, rays, seed)
+            self.stats["source_builds"] += 1
+            while len(self._sources) > _SOURCE_CACHE_SIZE:
+                self._sources.popitem(last=False)
+        beam, w0 = self._sources[key]
+        out = {k: np.array(getattr(beam, k), dtype=float)
+               for k in ("x", "y", "z", "a", "b", "c", "E")}
+        out["Jss"] = np.real(np.asarray(beam.Jss)).astype(float)
+        out["Jpp"] = np.real(np.asarray(beam.Jpp)).astype(float)
+        out["w0"] = w0
+        return out
+
+    def mirror_reflectivity(self, name: str, energies_eV: np.ndarray,
+                            grazing_rad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Intensity reflectivity ``(Rs, Rp)`` of a mirror or multilayer on an
+        ``energies x angles`` grid, from xrt's material model."""
+        mat = self.surface_material(name)
+        E, th = np.meshgrid(energies_eV, grazing_rad, indexing="ij")
+        with _quiet_seeded(None):
+            amp = mat.get_amplitude(E.ravel(), -np.sin(th.ravel()))
+        rs, rp = np.abs(amp[0]) ** 2, np.abs(amp[1]) ** 2
+        return rs.reshape(E.shape), rp.reshape(E.shape)
+
+    def crystal_reflectivity(self, name: str, energies_eV: np.ndarray,
+                             dtheta_rad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Symmetric-Bragg intensity reflectivity ``(Rs, Rp)`` of a crystal versus
+        the deviation from the kinematic Bragg angle, on an ``energies x dtheta``
+        grid (the intrinsic curve, refraction shift included)."""
+        mat = self.surface_material(name)
+        E, dth = np.meshgrid(energies_eV, dtheta_rad, indexing="ij")
+        theta = np.arcsin(np.clip(
+            _HC_EV_A / (2.0 * mat.d * E), -1.0, 1.0)) + dth
+        with _quiet_seeded(None):
+            amp = mat.get_amplitude(E.ravel(), -np.sin(theta.ravel()), np.sin(theta.ravel()))
+        rs, rp = np.abs(amp[0]) ** 2, np.abs(amp[1]) ** 2
+        return rs.reshape(E.shape), rp.reshape(E.shape)
 
     def clear_cache(self) -> None:
         """Forget every cached beam (the next trace is a full one)."""
@@ -333,7 +417,7 @@ class XrtBackend:
             self._materials[key] = rm.CrystalSi(hkl=hkl, tK=e.temperature_K)
         return self._materials[key]
 
-    def _mirror(self, e: Mirror, s: MirrorSettings, frame: Frame, beam_in: Any) -> Any:
+    def _build_mirror(self, e: Mirror, s: MirrorSettings, frame: Frame) -> Any:
         raycing, roe = self._x[0], self._x[2]
         bl = raycing.BeamLine()
         theta = e.grazing_mrad * 1e-3
@@ -364,10 +448,19 @@ class XrtBackend:
                 center = center + kappa0 * L**2 / 8.0 * normal
                 oe = roe.BentFlatMirror(bl, center=list(center),
                                         R=(1.0 / kappa if abs(kappa) > 1e-15 else None), **common)
+        return oe
+
+    def _mirror(self, e: Mirror, s: MirrorSettings, frame: Frame, beam_in: Any) -> Any:
+        oe = self._build_mirror(e, s, frame)
         gb, lb = oe.reflect(self._copy(beam_in))
         return self._keep(gb, (lb.state == 1) & (gb.state == 1))
 
     def _mono(self, e: Element, s: MonoSettings, frame: Frame, beam_in: Any) -> Any:
+        dcm = self._build_mono(e, s, frame)
+        gb, lb1, lb2 = dcm.double_reflect(self._copy(beam_in))
+        return self._keep(gb, (lb1.state == 1) & (lb2.state == 1) & (gb.state == 1))
+
+    def _build_mono(self, e: Element, s: MonoSettings, frame: Frame) -> Any:
         raycing, roe = self._x[0], self._x[2]
         bl = raycing.BeamLine()
         if isinstance(e, CrystalMonochromator):
@@ -387,8 +480,7 @@ class XrtBackend:
                       cryst2pitch=s.pitch2, cryst2roll=s.roll2,
                       limPhysX=[-w, w], limPhysY=[-L, L], limPhysX2=[-w, w],
                       limPhysY2=[-2 * L, 2 * L])
-        gb, lb1, lb2 = dcm.double_reflect(self._copy(beam_in))
-        return self._keep(gb, (lb1.state == 1) & (lb2.state == 1) & (gb.state == 1))
+        return dcm
 
     def _lens(self, e: CompoundRefractiveLens, s: OffsetSettings, frame: Frame,
               beam_in: Any) -> Any:

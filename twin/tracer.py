@@ -40,7 +40,8 @@ from twin.settings import ElementSettings, resolve, validate_positions
 __all__ = ["Twin", "BACKENDS", "TraceBackend"]
 
 #: backend name -> "module:Class"; imported only when used (xrt takes ~2 s to import)
-BACKENDS: dict[str, str] = {"xrt": "twin._xrt_backend:XrtBackend"}
+BACKENDS: dict[str, str] = {"xrt": "twin._xrt_backend:XrtBackend",
+                           "fast": "twin._fast_backend:FastBackend"}
 
 _NOISE_STREAM = 0x4E4F4953  # "NOIS"
 
