@@ -1,0 +1,119 @@
+"""The fast (torch) twin: cross-check against xrt, batching, gradients, refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from twin import BackendError, HiddenErrors, Twin
+from twin.crosscheck import crosscheck, random_states
+from twin.fast import FastTwin, batch_fwhm
+from twin.observation import fwhm
+from twin.presets import load_preset
+
+from .conftest import PRESETS
+
+
+def test_fast_agrees_with_xrt_on_100_random_states_of_the_default_preset(desc):
+    res = crosscheck(desc, random_states(desc, 100, seed=1), rays=3000)
+    assert res.states == 100 and res.comparisons == 600
+    assert res.failures == []
+    # and by a wide margin: the two trace the very same source rays
+    assert res.max_flux_rel < 0.005 and res.max_fwhm_rel < 0.02
+
+
+@pytest.mark.parametrize("preset", ["dmm", "mixed"])
+def test_fast_agrees_with_xrt_on_the_other_element_types(preset):
+    desc = load_preset(PRESETS / f"{preset}.toml")
+    # the fast backend traces no CRL: the mixed preset is checked without its lens
+    desc = dataclasses.replace(desc, elements=tuple(e for e in desc.elements if e.kind != "crl"))
+    res = crosscheck(desc, random_states(desc, 20, seed=2), rays=3000)
+    assert res.failures == []
+
+
+def test_fast_refuses_what_it_cannot_trace(mixed_desc, desc):
+    with pytest.raises(BackendError, match="compound refractive lenses"):
+        Twin(mixed_desc, backend="fast")
+    with pytest.raises(BackendError, match="float64 only"):
+        FastTwin(desc, dtype=torch.float32)
+
+
+def test_the_batch_equals_single_traces(desc):
+    ft = FastTwin(desc, rays=2000)
+    tw = Twin(desc, backend="fast", rays=2000)
+    hidden = [HiddenErrors.draw(desc, 1.0, s) for s in (3, 4, 5)]
+    sets = [{}, {"kb_v.pitch": 6.0}, {"m1.pitch": -2.0, "kb_h.bend": 752.0}]
+    out = ft.observe(ft.positions(sets), ft.hidden(hidden), seed=7)
+    for i, (pos, h) in enumerate(zip(sets, hidden, strict=True)):
+        single = tw.trace(pos, hidden=h, seed=7)
+        for name in ("sample", "dcm_bpm", "m1_screen", "detector"):
+            s = single.reading(name).stats
+            for k in ("flux", "centroid_x_um", "centroid_y_um", "fwhm_x_um", "fwhm_y_um",
+                      "rms_x_um", "rms_y_um"):
+                assert float(out[name][k][i]) == pytest.approx(getattr(s, k), rel=1e-9,
+                                                                abs=1e-9), (name, k)
+
+
+def test_batched_fwhm_is_the_reference_estimator():
+    rng = np.random.default_rng(0)
+    rows = [rng.normal(0, 1 + b, 3000) for b in range(3)]
+    rows.append(np.concatenate([rng.normal(0, 1, 2000), rng.normal(5, 0.5, 1000)]))
+    w = rng.uniform(0.2, 1.0, (4, 3000))
+    got = batch_fwhm(torch.tensor(np.array(rows)), torch.tensor(w)).numpy()
+    want = [fwhm(x, wi) for x, wi in zip(rows, w, strict=True)]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("motor", "reading", "stat"),
+    [("kb_v.pitch", "sample", "centroid_y_um"), ("kb_h.bend", "sample", "rms_x_um"),
+     ("m1.pitch", "dcm_bpm", "centroid_x_um"), ("dcm.pitch2", "dcm_bpm", "flux"),
+     ("sample.x", "sample", "centroid_x_um"), ("kb_v.height", "detector", "centroid_y_um"),
+     ("dcm.roll2", "dcm_bpm", "centroid_x_um"), ("dcm.perp", "sample", "flux")],
+)
+def test_gradients_match_finite_differences(desc, motor, reading, stat):
+    ft = FastTwin(desc, rays=2000)
+    hidden = ft.hidden([HiddenErrors.draw(desc, 0.5, 11)])
+    i = ft.motor_names.index(motor)
+    pos = ft.positions([{}]).requires_grad_(True)
+    ft.observe(pos, hidden, fwhm=False, seed=5)[reading][stat].sum().backward()
+    grad = float(pos.grad[0, i])
+    m = desc.motor(motor)
+    eps = 1e-3 * (m.misalign_sigma or m.resolution * 100)
+    with torch.no_grad():
+        vals = []
+        for sgn in (1, -1):
+            p = ft.positions([{}])
+            p[0, i] += sgn * eps
+            vals.append(float(ft.observe(p, hidden, fwhm=False, seed=5)[reading][stat][0]))
+    fd = (vals[0] - vals[1]) / (2 * eps)
+    # geometry is smooth: tight; flux goes through piecewise-linear reflectivity tables
+    # (0.25 urad steps), where rays within eps of a kink make the difference quotient
+    # average two slopes
+    rel = 1e-2 if stat == "flux" else 1e-4
+    assert grad == pytest.approx(fd, rel=rel, abs=1e-9 * max(1.0, abs(fd)))
+    assert grad != 0.0
+
+
+def test_gradient_with_respect_to_hidden_errors(desc):
+    ft = FastTwin(desc, rays=1000)
+    hidden = ft.hidden([HiddenErrors.draw(desc, 1.0, 2)]).requires_grad_(True)
+    pos = ft.positions([{}]).requires_grad_(True)
+    ft.observe(pos, hidden, fwhm=False)["sample"]["centroid_y_um"].sum().backward()
+    assert torch.allclose(hidden.grad, pos.grad)  # physics sees position + offset
+    assert hidden.grad.abs().sum() > 0
+
+
+def test_bad_batch_input_is_refused(desc):
+    ft = FastTwin(desc, rays=500)
+    p = ft.positions([{}])
+    p[0, 3] = float("nan")
+    from twin import ConfigError
+
+    with pytest.raises(ConfigError, match="NaN"):
+        ft.observe(p)
+    with pytest.raises(ConfigError, match=r"\(B, 28\)"):
+        ft.observe(p[:, :5])
