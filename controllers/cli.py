@@ -232,24 +232,47 @@ def bench() -> None:
 
 @bench.command("twin")
 @preset_option
-@click.option("--backend", default="xrt", show_default=True)
-@click.option("--rays", type=int, default=10_000, show_default=True)
-@click.option("--repeats", type=int, default=5, show_default=True)
-@click.option("--motor", default=None, help="Motor moved for the cached re-trace.")
+@click.option("--backend", default="xrt", show_default=True,
+              help="xrt: full and cached re-traces per second; fast: batched states per second "
+                   "against xrt in the same run.")
+@click.option("--rays", type=int, default=None,
+              help="Rays per state [default: 10000 for xrt, 1000 for fast].")
+@click.option("--batch", type=int, default=1024, show_default=True,
+              help="States per batch (fast backend).")
+@click.option("--repeats", type=int, default=None, help="Repetitions [default: 5 xrt, 3 fast].")
+@click.option("--motor", default=None, help="Motor moved for the cached re-trace (xrt).")
+@click.option("--device", default=None, help="cpu or cuda (fast backend; default: cuda if "
+              "available).")
 @json_option
-def bench_twin_cmd(preset: str | None, backend: str, rays: int, repeats: int, motor: str | None,
+def bench_twin_cmd(preset: str | None, backend: str, rays: int | None, batch: int,
+                   repeats: int | None, motor: str | None, device: str | None,
                    as_json: bool) -> None:
-    """Full traces and cached single-motor re-traces per second."""
+    """Tracing speed of the twin."""
 
     def body() -> None:
-        from twin.bench import bench_twin
+        from twin.bench import bench_fast, bench_twin
+        from twin.tracer import BACKENDS
 
-        if repeats < 1:
+        if backend not in BACKENDS:
+            from twin.errors import UnknownNameError
+
+            raise UnknownNameError(f"unknown backend {backend!r}; available backends: "
+                                   f"{', '.join(BACKENDS)}")
+        if repeats is not None and repeats < 1:
             raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+        if batch < 1:
+            raise ConfigError(f"--batch must be >= 1, got {batch}")
+        if rays is not None and rays < 100:
+            raise ConfigError(f"--rays must be >= 100, got {rays}")
         desc = load_preset(preset)
         if motor is not None:
             desc.motor(motor)
-        doc = bench_twin(desc, rays=rays, backend=backend, repeats=repeats, motor=motor)
+        if backend == "fast":
+            doc = bench_fast(desc, rays=rays or 1000, batch=batch, repeats=repeats or 3,
+                             device=device)
+        else:
+            doc = bench_twin(desc, rays=rays or 10_000, backend=backend, repeats=repeats or 5,
+                             motor=motor)
         _emit(as_json, doc, lambda: "\n".join(f"{k}: {v}" for k, v in doc.items()))
 
     _run(as_json, body)

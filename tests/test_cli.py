@@ -86,3 +86,22 @@ def test_demo_writes_picture_and_stats(tmp_path):
     assert code == 0
     assert set(STAT_KEYS) <= set(doc["aligned"]) and set(STAT_KEYS) <= set(doc["misaligned"])
     assert (tmp_path / "beam.png").exists() and (tmp_path / "demo.json").exists()
+
+
+def test_bench_twin_fast_json():
+    code, doc = run("bench", "twin", "--backend", "fast", "--batch", "8", "--rays", "500",
+                    "--repeats", "1", "--json")
+    assert code == 0
+    assert {"backend", "batch", "rays", "states_per_s", "xrt_states_per_s", "speedup"} <= set(doc)
+    assert doc["backend"] == "fast" and doc["batch"] == 8 and doc["rays"] == 500
+    assert doc["speedup"] == pytest.approx(doc["states_per_s"] / doc["xrt_states_per_s"])
+
+
+def test_twin_trace_fast_backend_gives_the_same_keys_and_numbers():
+    a = run("twin", "trace", "--rays", "2000", "--seed", "5", "--misalign", "1", "--json")[1]
+    b = run("twin", "trace", "--backend", "fast", "--rays", "2000", "--seed", "5", "--misalign",
+            "1", "--json")[1]
+    assert set(a) == set(b) and b["backend"] == "fast"
+    assert b["flux"] == pytest.approx(a["flux"], rel=0.01)
+    assert b["diagnostics"]["sample"]["centroid_x_um"] == pytest.approx(
+        a["diagnostics"]["sample"]["centroid_x_um"], abs=0.05)

@@ -159,7 +159,7 @@ class Rays:
 
     def weights(self) -> torch.Tensor:
         """Photons/s per ray (B, N); dead rays weigh exactly 0."""
-        return torch.where(self.alive > 0, (self.ih + self.iv) * self.w0,
+        return torch.where(self.alive > 0, (self.ih + self.iv) * self.w0 * self.alive,
                            torch.zeros_like(self.ih))
 
 
@@ -214,7 +214,7 @@ class FastBackend:
     name = "fast"
 
     def __init__(self, desc: BeamlineDescription, *, device: str | torch.device | None = None,
-                 dtype: torch.dtype = torch.float64) -> None:
+                 dtype: torch.dtype = torch.float64, soft_edges_mm: float = 0.0) -> None:
         from twin._xrt_backend import XrtBackend  # the reference: rays, poses, tables
 
         for e in desc.elements:
@@ -226,6 +226,11 @@ class FastBackend:
             raise BackendError(
                 f"the fast backend traces in float64 only, got {dtype}: in float32 a position "
                 f"60 m from the source has a 4 um resolution, coarser than a 30 nm focus")
+        if not (math.isfinite(soft_edges_mm) and soft_edges_mm >= 0):
+            raise BackendError(f"soft_edges_mm must be finite and >= 0, got {soft_edges_mm!r}")
+        #: width of the sigmoid edge of slit blades and mirror ends, mm; 0 = hard edges.
+        #: Soft edges let gradients flow through slit and footprint positions.
+        self.soft = float(soft_edges_mm)
         self.desc = desc
         self.device = torch.device(device if device is not None else
                                    ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -346,7 +351,13 @@ class FastBackend:
         p = self._to_plane(r, c, k["n_in"])
         u = _dot(p, k["xa"]) - (c @ k["xa"]).unsqueeze(-1)
         v = _dot(p, k["za"]) - (c @ k["za"]).unsqueeze(-1)
-        if isinstance(e, Slits):
+        if isinstance(e, Slits) and self.soft > 0:
+            eps = self.soft
+            inside = (torch.sigmoid((u - prm[:, 0:1]) / eps)
+                      * torch.sigmoid((prm[:, 1:2] - u) / eps)
+                      * torch.sigmoid((v - prm[:, 2:3]) / eps)
+                      * torch.sigmoid((prm[:, 3:4] - v) / eps))
+        elif isinstance(e, Slits):
             inside = ((u >= prm[:, 0:1]) & (u <= prm[:, 1:2]) & (v >= prm[:, 2:3])
                       & (v <= prm[:, 3:4]))
         else:
@@ -380,7 +391,7 @@ class FastBackend:
             beta = ey * ez * (1.0 / (a * a) - 1.0 / b2)
             gamma = ey * ey / (a * a) + ez * ez / b2
             disc = (beta * Y) ** 2 - alpha * (gamma * Y * Y - 1.0)
-            Z = (-beta * Y - torch.sqrt(disc.clamp(min=0.0))) / alpha  # lower branch
+            Z = (-beta * Y - torch.sqrt(disc.clamp(min=1e-30))) / alpha  # lower branch
             f = cz + Z
             fy = -(beta * Z + gamma * Y) / (alpha * Z + beta * Y)
             return f, torch.zeros_like(f), fy
@@ -425,23 +436,30 @@ class FastBackend:
                                                              device=self.device))
         dn = (dl[..., 0] * n[..., 0] + dl[..., 1] * n[..., 1]
               + dl[..., 2] * n[..., 2]).unsqueeze(-1)
+        if self.soft > 0:  # soft mirror ends (the footprint runs along y)
+            half = e.length_mm / 2
+            soft_hit = (torch.sigmoid((half - q[..., 1]) / self.soft)
+                        * torch.sigmoid((q[..., 1] + half) / self.soft))
+            hit_w = torch.where(hit, soft_hit, torch.zeros_like(soft_hit))
+        else:
+            hit_w = hit.to(self.dtype)
         d_out = dl - 2 * dn * n
         sin_g = (-dn.squeeze(-1)).clamp(min=0.0)
         e_lo, e_hi = self._band(r)
         t_s, t_p = self._mirror_table(e.name, e_lo, e_hi)
-        grazing = torch.asin(sin_g.clamp(max=1.0))
+        grazing = torch.asin(sin_g.clamp(max=1.0 - 1e-12))
         rs, rp = t_s(r.E, grazing), t_p(r.E, grazing)
         vertical = e.deflection in ("up", "down")
         ih = torch.where(hit, r.ih * (rs if vertical else rp), torch.zeros_like(rs))
         iv = torch.where(hit, r.iv * (rp if vertical else rs), torch.zeros_like(rs))
         p_g = torch.einsum("bij,bnj->bni", R, q) + c.unsqueeze(1)
         d_g = torch.einsum("bij,bnj->bni", R, d_out)
-        return Rays(p_g, d_g, r.E, ih, iv, r.alive * hit, r.w0)
+        return Rays(p_g, d_g, r.E, ih, iv, r.alive * hit_w, r.w0)
 
     @staticmethod
     def _compact(r: Rays) -> Rays:
         """Drop the rays that are dead in every state of the batch (exact: they carry 0)."""
-        keep = (r.alive > 0).any(0)
+        keep = (r.alive > 1e-12).any(0)
         n_keep = int(keep.sum())
         if n_keep > 0.8 * keep.numel():
             return r
@@ -479,7 +497,8 @@ class FastBackend:
         if isinstance(e, CrystalMonochromator):
             t_s, t_p = self._crystal_table(e.name, e_lo, e_hi)
             d_A = self._consts[e.name]["d_A"]
-            theta_b = torch.asin((physics.HC_EV_ANGSTROM / (2.0 * d_A * r.E)).clamp(max=1.0))
+            s_b = physics.HC_EV_ANGSTROM / (2.0 * d_A * r.E)
+            theta_b = torch.asin(s_b.clamp(max=1.0 - 1e-12))
         else:
             t_s, t_p = self._mirror_table(e.name, e_lo, e_hi)
             theta_b = None
@@ -493,7 +512,7 @@ class FastBackend:
             hit = ((q[..., 0].abs() <= w) & (q[..., 1].abs() <= half_len) & (t > 0)
                    & torch.isfinite(q).all(-1))
             q = torch.where(hit.unsqueeze(-1), q, torch.zeros_like(q))
-            sin_g = (-dl[..., 2]).clamp(min=0.0, max=1.0)
+            sin_g = (-dl[..., 2]).clamp(min=0.0, max=1.0 - 1e-12)
             ang = torch.asin(sin_g)
             x = ang - theta_b if theta_b is not None else ang
             rs, rp = t_s(r.E, x), t_p(r.E, x)

@@ -33,8 +33,9 @@ def random_states(desc: BeamlineDescription, n: int, seed: int, *, spread: float
                   source_fraction: float = 0.1) -> list[tuple[dict[str, float], HiddenErrors]]:
     """*n* random in-range states: motors at design + spread * sigma * N(0, 1), clipped to
     the limits, with hidden errors of scale 0, 1 or 2 (cycled). Only a fraction
-    *source_fraction* of the states also move the undulator gap and the Bragg angle
-    (each such state needs new source rays)."""
+    *source_fraction* of the states move the undulator gap and the Bragg angle or
+    carry hidden errors on them (each such state needs new source rays); the others
+    share the design source, as the states of one alignment run do."""
     rng = np.random.default_rng([0x58434B, seed])
     out = []
     for i in range(n):
@@ -47,6 +48,10 @@ def random_states(desc: BeamlineDescription, n: int, seed: int, *, spread: float
             pos[name] = float(np.clip(m.position + spread * sigma * rng.standard_normal(),
                                       m.low, m.high))
         hidden = HiddenErrors.draw(desc, float(i % 3), int(rng.integers(1 << 30)))
+        if not move_source:
+            hidden = HiddenErrors({k: v for k, v in hidden.offsets.items()
+                                   if k.split(".")[1] not in _SOURCE_AXES}, hidden.scale,
+                                  hidden.seed)
         out.append((pos, hidden))
     return out
 

@@ -142,9 +142,12 @@ class Observation:
 def fwhm(values: np.ndarray, weights: np.ndarray) -> float:
     """FWHM of a weighted 1-D sample, from a smoothed histogram (same units as *values*).
 
-    The bin width is a tenth of a robust sigma (IQR / 1.349), so a Gaussian's
-    FWHM spans about 24 bins whatever its size; the histogram is smoothed with
-    a 1.5-bin Gaussian and the half-maximum crossings are interpolated
+    The bin width is a tenth of a robust sigma (IQR / 1.349), so that a
+    Gaussian's FWHM spans about 24 bins whatever its size, but never finer than
+    the Freedman-Diaconis width ``2 IQR n_eff^(-1/3)`` for the effective number
+    of rays (Kish: ``(sum w)^2 / sum w^2``): a sparse, slit-cut flat top would
+    otherwise dip below half maximum inside its top. The histogram is smoothed
+    with a 1-bin Gaussian and the half-maximum crossings are interpolated
     linearly. Returns NaN for fewer than 10 rays.
     """
     n = values.size
@@ -155,13 +158,14 @@ def fwhm(values: np.ndarray, weights: np.ndarray) -> float:
     if not sigma > 0:
         # a line focus or a single point: width below what the sample resolves
         return 0.0
-    width = sigma / 10.0
+    n_eff = float(weights.sum()) ** 2 / float(np.dot(weights, weights))
+    width = max(sigma / 10.0, 2.0 * (q75 - q25) * n_eff ** (-1.0 / 3.0))
     lo = max(values.min(), q50 - 8 * sigma) - 3 * width
     hi = min(values.max(), q50 + 8 * sigma) + 3 * width
     nb = int(min(4000, max(8, math.ceil((hi - lo) / width))))
     hist, edges = np.histogram(values, bins=nb, range=(lo, hi), weights=weights)
     k = np.arange(-5, 6)
-    kernel = np.exp(-0.5 * (k / 1.5) ** 2)
+    kernel = np.exp(-0.5 * (k / 1.0) ** 2)
     smooth = np.convolve(hist, kernel / kernel.sum(), mode="same")
     i_max = int(np.argmax(smooth))
     half = 0.5 * smooth[i_max]
