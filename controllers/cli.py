@@ -243,10 +243,14 @@ def bench() -> None:
 @click.option("--motor", default=None, help="Motor moved for the cached re-trace (xrt).")
 @click.option("--device", default=None, help="cpu or cuda (fast backend; default: cuda if "
               "available).")
+@click.option("--vary", default=None, metavar="ELEMENTS",
+              help="Comma-separated elements whose motors vary (fast backend): one alignment "
+                   "stage of one beamline, e.g. kb_h,kb_v. Default: every motor, random "
+                   "beamlines.")
 @json_option
 def bench_twin_cmd(preset: str | None, backend: str, rays: int | None, batch: int,
                    repeats: int | None, motor: str | None, device: str | None,
-                   as_json: bool) -> None:
+                   vary: str | None, as_json: bool) -> None:
     """Tracing speed of the twin."""
 
     def body() -> None:
@@ -269,7 +273,8 @@ def bench_twin_cmd(preset: str | None, backend: str, rays: int | None, batch: in
             desc.motor(motor)
         if backend == "fast":
             doc = bench_fast(desc, rays=rays or 1000, batch=batch, repeats=repeats or 3,
-                             device=device)
+                             device=device,
+                             vary=[v.strip() for v in vary.split(",")] if vary else None)
         else:
             doc = bench_twin(desc, rays=rays or 10_000, backend=backend, repeats=repeats or 5,
                              motor=motor)

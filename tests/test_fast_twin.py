@@ -117,3 +117,17 @@ def test_bad_batch_input_is_refused(desc):
         ft.observe(p)
     with pytest.raises(ConfigError, match=r"\(B, 28\)"):
         ft.observe(p[:, :5])
+
+
+def test_a_stage_batch_shares_the_upstream_trace_and_equals_single_traces(desc):
+    """States that differ only downstream trace the shared upstream once; same results."""
+    ft = FastTwin(desc, rays=1500)
+    h = HiddenErrors.draw(desc, 1.0, 9)
+    sets = [{"kb_v.pitch": p, "kb_h.bend": 750.0 + p} for p in (-4.0, 0.0, 3.0, 8.0)]
+    out = ft.observe(ft.positions(sets), ft.hidden([h] * 4), seed=2)
+    for i, pos in enumerate(sets):
+        one = ft.observe(ft.positions([pos]), ft.hidden([h]), seed=2)
+        for name in ("dcm_bpm", "sample", "detector"):
+            for k in ("flux", "centroid_x_um", "centroid_y_um", "fwhm_y_um"):
+                assert float(out[name][k][i]) == pytest.approx(float(one[name][k][0]),
+                                                                rel=1e-12, abs=1e-12)

@@ -547,9 +547,18 @@ class FastBackend:
         """
         hits: dict[str, Hits] = {}
         r: Rays | None = None
+        B = next(iter(params.values())).shape[0]
+        # while every state so far has the same settings, trace one and share it
+        shared = B > 1
         for e in self.desc.elements:
             prm = params[e.name]
             kind = _kind(e)
+            if shared and not bool((prm == prm[:1]).all()) or prm.requires_grad:
+                if shared and r is not None:
+                    r = self._expand(r, B)
+                shared = False
+            if shared:
+                prm = prm[:1]
             if kind == "source":
                 r = self._source(prm, rays, seed)
                 E = r.E.detach()
@@ -565,8 +574,18 @@ class FastBackend:
                 r = self._compact(self._mono(e, prm, r))
             else:
                 hits[e.name] = self._observe(e, prm, r)
-        self.stats["states_traced"] += next(iter(params.values())).shape[0]
+        for name, h in hits.items():
+            if h.w.shape[0] != B:
+                hits[name] = Hits(h.x_um.expand(B, -1), h.y_um.expand(B, -1), h.w.expand(B, -1))
+        self.stats["states_traced"] += B
         return hits
+
+    @staticmethod
+    def _expand(r: Rays, B: int) -> Rays:
+        """Rays of one shared state, repeated for B states."""
+        return Rays(r.p.expand(B, -1, -1), r.d.expand(B, -1, -1), r.E.expand(B, -1),
+                    r.ih.expand(B, -1), r.iv.expand(B, -1), r.alive.expand(B, -1),
+                    r.w0.expand(B, -1))
 
     def trace(self, settings: tuple[ElementSettings, ...], rays: int, seed: int) -> dict[str, Any]:
         """The :class:`twin.tracer.Twin` interface: one state, numpy hits."""

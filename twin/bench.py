@@ -99,7 +99,7 @@ def bench_twin(desc: BeamlineDescription, *, rays: int = 10_000, backend: str = 
 
 def bench_fast(desc: BeamlineDescription, *, rays: int = 1000, batch: int = 1024,
                repeats: int = 3, seed: int = 0, xrt_states: int = 20,
-               device: str | None = None) -> dict[str, Any]:
+               device: str | None = None, vary: list[str] | None = None) -> dict[str, Any]:
     """Beamline states per second of the fast twin against xrt, in the same run.
 
     Both trace the same random in-range states (every motor moved, hidden
@@ -109,18 +109,41 @@ def bench_fast(desc: BeamlineDescription, *, rays: int = 1000, batch: int = 1024
     observation point. xrt traces them one after another, re-tracing from the
     first element after its cached source.
 
+    With *vary* (element names), the workload is one alignment stage instead: a
+    single misaligned beamline (hidden errors of scale 1) whose states differ only
+    in the motors of those elements; upstream elements are then traced once for
+    the whole batch, and xrt re-traces from the first varied element.
+
     Returns
     -------
     dict
         ``backend``, ``batch``, ``rays``, ``states_per_s``, ``xrt_states_per_s``,
-        ``speedup``, plus ``device``, ``threads``, ``repeats``.
+        ``speedup``, plus ``device``, ``threads``, ``repeats``, ``vary``.
     """
+    import numpy as np
     import torch
 
     from twin.crosscheck import random_states
     from twin.fast import FastTwin
+    from twin.hidden import HiddenErrors
 
-    states = random_states(desc, batch, seed, source_fraction=0.0)
+    if vary:
+        for name in vary:
+            desc.element(name)
+        moving = [n for n in desc.motors if n.split(".")[0] in vary]
+        rng = np.random.default_rng([0x56415259, seed])
+        hidden = HiddenErrors.draw(desc, 1.0, seed)
+        states = []
+        for _ in range(batch):
+            pos = {}
+            for n in moving:
+                m = desc.motor(n)
+                sigma = m.misalign_sigma or 0.01 * (m.high - m.low)
+                pos[n] = float(np.clip(m.position + 2 * sigma * rng.standard_normal(), m.low,
+                                       m.high))
+            states.append((pos, hidden))
+    else:
+        states = random_states(desc, batch, seed, source_fraction=0.0)
     ft = FastTwin(desc, rays=rays, device=device)
     pos = ft.positions([p for p, _ in states])
     hid = ft.hidden([h for _, h in states])
@@ -140,4 +163,4 @@ def bench_fast(desc: BeamlineDescription, *, rays: int = 1000, batch: int = 1024
     return {"backend": "fast", "batch": batch, "rays": rays,
             "states_per_s": fast_rate, "xrt_states_per_s": xrt_rate,
             "speedup": fast_rate / xrt_rate, "device": str(ft.device),
-            "threads": torch.get_num_threads(), "repeats": repeats}
+            "threads": torch.get_num_threads(), "repeats": repeats, "vary": list(vary or [])}
