@@ -210,15 +210,7 @@ class XrtBackend:
         ``Jss, Jpp`` (intensities of the horizontal and vertical polarisation)
         and ``w0`` (photons/s per unit ray intensity at nominal current).
         """
-        e = self.desc.source
-        gap = None if settings.gap_mm is None else round(settings.gap_mm, 9)
-        key = (gap, round(settings.energy_eV, 9), rays, seed)
-        if key not in self._sources:
-            self._sources[key] = self._make_source(e, settings, rays, seed)
-            self.stats["source_builds"] += 1
-            while len(self._sources) > _SOURCE_CACHE_SIZE:
-                self._sources.popitem(last=False)
-        beam, w0 = self._sources[key]
+        beam, w0 = self._cached_source(settings, rays, seed)
         out = {k: np.array(getattr(beam, k), dtype=float)
                for k in ("x", "y", "z", "a", "b", "c", "E")}
         out["Jss"] = np.real(np.asarray(beam.Jss)).astype(float)
@@ -300,18 +292,22 @@ class XrtBackend:
 
     # ------------------------------------------------------------------ source
     def _source(self, e: Element, s: SourceSettings, rays: int, seed: int) -> tuple[Any, float]:
+        base, w0 = self._cached_source(s, rays, seed)
+        return self._perturb(base, s), w0
+
+    def _cached_source(self, s: SourceSettings, rays: int, seed: int) -> tuple[Any, float]:
+        """Unperturbed source beam and its weight, from the LRU cache or made anew."""
         gap = None if s.gap_mm is None else round(s.gap_mm, 9)
         key = (gap, round(s.energy_eV, 9), rays, seed)
         if key in self._sources:
             self._sources.move_to_end(key)
-            base, w0 = self._sources[key]
-        else:
-            base, w0 = self._make_source(e, s, rays, seed)
-            self._sources[key] = (base, w0)
-            self.stats["source_builds"] += 1
-            while len(self._sources) > _SOURCE_CACHE_SIZE:
-                self._sources.popitem(last=False)
-        return self._perturb(base, s), w0
+            return self._sources[key]
+        made = self._make_source(self.desc.source, s, rays, seed)
+        self._sources[key] = made
+        self.stats["source_builds"] += 1
+        while len(self._sources) > _SOURCE_CACHE_SIZE:
+            self._sources.popitem(last=False)
+        return made
 
     def _make_source(self, e: Element, s: SourceSettings, rays: int,
                      seed: int) -> tuple[Any, float]:
