@@ -72,6 +72,8 @@ PARAM_FIELDS: dict[str, tuple[str, ...]] = {
     "observer": ("dx", "dz", "dy"),
 }
 _NEWTON_STEPS = 3
+#: a band narrower than this fraction of its energy uses 1-D (angle-only) tables
+_NARROW_BAND = 0.005
 _NO_PERTURBATION = SourcePerturbation()
 
 
@@ -199,6 +201,22 @@ class _Table2D:
         return top * (1 - te) + bot * te
 
 
+class _Table1D:
+    """Linear interpolation on a regular angle grid (the band is narrow: energy fixed)."""
+
+    def __init__(self, a_grid: np.ndarray, values: np.ndarray, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        self.a0, self.da, self.na = float(a_grid[0]), float(a_grid[1] - a_grid[0]), len(a_grid)
+        self.v = torch.as_tensor(values, dtype=dtype, device=device).reshape(-1)
+
+    def __call__(self, E: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        fa = torch.nan_to_num((a - self.a0) / self.da).clamp(0, self.na - 1)
+        ia = fa.detach().floor().clamp(max=self.na - 2).long()
+        ta = fa - ia
+        v0 = self.v[ia]
+        return v0 + (self.v[ia + 1] - v0) * ta
+
+
 class FastBackend:
     """Batched torch tracer of a beamline (see the module docstring).
 
@@ -289,21 +307,33 @@ class FastBackend:
             theta0 = e.grazing_mrad * 1e-3  # type: ignore[attr-defined]
         key = ("m", name, round(e_lo, 1), round(e_hi, 1))
         if key not in self._tables:
-            E = np.linspace(e_lo, e_hi, max(2, int((e_hi - e_lo) / 20.0) + 2))
             th = np.linspace(max(1e-5, theta0 - 0.8 * theta0), theta0 + 0.8 * theta0, 801)
-            rs, rp = self.ref.mirror_reflectivity(name, E, th)
-            self._tables[key] = (_Table2D(E, th, rs, self.dtype, self.device),
-                                 _Table2D(E, th, rp, self.dtype, self.device))
+            if e_hi - e_lo < _NARROW_BAND * e_lo:  # reflectivity is flat over a narrow band
+                rs, rp = self.ref.mirror_reflectivity(name, np.array([0.5 * (e_lo + e_hi)]), th)
+                t_s = _Table1D(th, rs[0], self.dtype, self.device)
+                t_p = t_s if np.allclose(rs, rp, rtol=1e-5, atol=1e-9) else \
+                    _Table1D(th, rp[0], self.dtype, self.device)
+                self._tables[key] = (t_s, t_p)  # type: ignore[assignment]
+            else:
+                E = np.linspace(e_lo, e_hi, max(2, int((e_hi - e_lo) / 20.0) + 2))
+                rs, rp = self.ref.mirror_reflectivity(name, E, th)
+                self._tables[key] = (_Table2D(E, th, rs, self.dtype, self.device),
+                                     _Table2D(E, th, rp, self.dtype, self.device))
         return self._tables[key]
 
     def _crystal_table(self, name: str, e_lo: float, e_hi: float) -> tuple[_Table2D, _Table2D]:
         key = ("c", name, round(e_lo, 1), round(e_hi, 1))
         if key not in self._tables:
-            E = np.linspace(e_lo, e_hi, max(2, int((e_hi - e_lo) / 2.0) + 2))
             dth = np.linspace(-400e-6, 400e-6, 3201)
-            rs, rp = self.ref.crystal_reflectivity(name, E, dth)
-            self._tables[key] = (_Table2D(E, dth, rs, self.dtype, self.device),
-                                 _Table2D(E, dth, rp, self.dtype, self.device))
+            if e_hi - e_lo < _NARROW_BAND * e_lo:  # the curve in dtheta is fixed over the band
+                rs, rp = self.ref.crystal_reflectivity(name, np.array([0.5 * (e_lo + e_hi)]), dth)
+                self._tables[key] = (_Table1D(dth, rs[0], self.dtype, self.device),  # type: ignore
+                                     _Table1D(dth, rp[0], self.dtype, self.device))
+            else:
+                E = np.linspace(e_lo, e_hi, max(2, int((e_hi - e_lo) / 2.0) + 2))
+                rs, rp = self.ref.crystal_reflectivity(name, E, dth)
+                self._tables[key] = (_Table2D(E, dth, rs, self.dtype, self.device),
+                                     _Table2D(E, dth, rp, self.dtype, self.device))
         return self._tables[key]
 
     # ------------------------------------------------------------------ sources
@@ -424,8 +454,8 @@ class FastBackend:
         B = prm.shape[0]
         R = k["R0"] @ _rot("z", prm[:, 2]) @ _rot("y", prm[:, 1]) @ _rot("x", prm[:, 0])
         c = k["c0"] + prm[:, 3:4] * k["normal"] + prm[:, 4:5] * k["lat"]
-        pl = torch.einsum("bij,bni->bnj", R, r.p - c.unsqueeze(1))
-        dl = torch.einsum("bij,bni->bnj", R, r.d)
+        pl = torch.bmm(r.p - c.unsqueeze(1), R)  # R^T p, row vectors
+        dl = torch.bmm(r.d, R)
         q, n, t = self._intersect(e, pl, dl, prm[:, 5:6].expand(B, 1))
         hit = ((q[..., 0].abs() <= e.width_mm / 2) & (q[..., 1].abs() <= e.length_mm / 2)
                & (t > 0) & torch.isfinite(q).all(-1) & torch.isfinite(n).all(-1))
@@ -448,12 +478,14 @@ class FastBackend:
         e_lo, e_hi = self._band(r)
         t_s, t_p = self._mirror_table(e.name, e_lo, e_hi)
         grazing = torch.asin(sin_g.clamp(max=1.0 - 1e-12))
-        rs, rp = t_s(r.E, grazing), t_p(r.E, grazing)
+        rs = t_s(r.E, grazing)
+        rp = rs if t_p is t_s else t_p(r.E, grazing)
         vertical = e.deflection in ("up", "down")
         ih = torch.where(hit, r.ih * (rs if vertical else rp), torch.zeros_like(rs))
         iv = torch.where(hit, r.iv * (rp if vertical else rs), torch.zeros_like(rs))
-        p_g = torch.einsum("bij,bnj->bni", R, q) + c.unsqueeze(1)
-        d_g = torch.einsum("bij,bnj->bni", R, d_out)
+        Rt = R.transpose(1, 2)
+        p_g = torch.bmm(q, Rt) + c.unsqueeze(1)
+        d_g = torch.bmm(d_out, Rt)
         return Rays(p_g, d_g, r.E, ih, iv, r.alive * hit_w, r.w0)
 
     @staticmethod
@@ -505,8 +537,8 @@ class FastBackend:
         p, d, ih, iv, alive = r.p, r.d, r.ih, r.iv, r.alive
         for second, half_len in ((False, L), (True, 2 * L)):
             R, c = self._crystal_pose(e, prm, second)
-            pl = torch.einsum("bij,bni->bnj", R, p - c.unsqueeze(1))
-            dl = torch.einsum("bij,bni->bnj", R, d)
+            pl = torch.bmm(p - c.unsqueeze(1), R)
+            dl = torch.bmm(d, R)
             t = -pl[..., 2] / dl[..., 2]
             q = pl + t.unsqueeze(-1) * dl
             hit = ((q[..., 0].abs() <= w) & (q[..., 1].abs() <= half_len) & (t > 0)
@@ -520,8 +552,9 @@ class FastBackend:
             ih = torch.where(hit, ih * rs, torch.zeros_like(rs))
             iv = torch.where(hit, iv * rp, torch.zeros_like(rp))
             dl = dl * torch.tensor([1.0, 1.0, -1.0], dtype=self.dtype, device=self.device)
-            p = torch.einsum("bij,bnj->bni", R, q) + c.unsqueeze(1)
-            d = torch.einsum("bij,bnj->bni", R, dl)
+            Rt = R.transpose(1, 2)
+            p = torch.bmm(q, Rt) + c.unsqueeze(1)
+            d = torch.bmm(dl, Rt)
             alive = alive * hit
         return Rays(p, d, r.E, ih, iv, alive, r.w0)
 
