@@ -14,6 +14,10 @@ Main entry points
     motor speeds, backlash, drift and noise.
 :class:`HiddenErrors`
     Seeded misalignment that agents cannot read.
+:class:`twin.fast.FastTwin`
+    The batched, differentiable torch twin (``backend="fast"`` in :class:`Twin`).
+:func:`twin.calibrate.calibrate`
+    Fit hidden errors to observations of the real beamline.
 """
 
 from twin.description import BeamlineDescription, MotorSpec

@@ -84,7 +84,9 @@ class Twin:
     desc : BeamlineDescription
         The frozen beamline description.
     backend : str
-        Tracing fidelity: ``"xrt"`` (the physics reference).
+        Tracing fidelity: ``"xrt"`` (the physics reference) or ``"fast"`` (the torch
+        tracer on xrt's rays, poses and reflectivities; batched and differentiable
+        through :class:`twin.fast.FastTwin`).
     rays : int
         Rays per trace (per beamline state).
     """
