@@ -131,3 +131,26 @@ def test_a_stage_batch_shares_the_upstream_trace_and_equals_single_traces(desc):
             for k in ("flux", "centroid_x_um", "centroid_y_um", "fwhm_y_um"):
                 assert float(out[name][k][i]) == pytest.approx(float(one[name][k][0]),
                                                                 rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("preset", ["default", "mixed", "dmm"])
+def test_the_differentiable_resolution_equals_the_reference_one(desc, preset):
+    """FastTwin turns positions into element parameters in torch; twin.settings does it in
+    floats for every backend. Both must give the same parameters, element by element."""
+    from twin._fast_backend import params_from_settings
+    from twin.settings import resolve
+
+    d = desc if preset == "default" else load_preset(PRESETS / f"{preset}.toml")
+    d = dataclasses.replace(d, elements=tuple(e for e in d.elements if e.kind != "crl"))
+    ft = FastTwin(d, rays=200)
+    for pos, hidden in random_states(d, 5, seed=4, source_fraction=1.0):
+        ref, _ = resolve(d, pos, hidden)
+        want = params_from_settings(d, [ref])
+        got = ft._params((ft.positions([pos]) + ft.hidden([hidden])) * ft._factor)
+        for e in d.elements:
+            if e.kind in ("undulator", "gaussian_source"):  # perturbation-free here
+                np.testing.assert_allclose(got[e.name][:, :2].numpy(),
+                                           want[e.name][:, :2].numpy(), rtol=1e-12)
+                continue
+            np.testing.assert_allclose(got[e.name].numpy(), want[e.name].numpy(), rtol=1e-12,
+                                       atol=1e-15, err_msg=e.name)
