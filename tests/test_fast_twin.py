@@ -25,6 +25,19 @@ def test_fast_agrees_with_xrt_on_100_random_states_of_the_default_preset(desc):
     assert res.max_flux_rel < 0.005 and res.max_fwhm_rel < 0.02
 
 
+def test_fast_in_float32_is_close_to_xrt(desc):
+    """float32 is an approximate, 1.4x faster mode. Positions relative to each element's
+    centre and cancellation-free surfaces resolve a 30 nm focus 60 m from the source, but
+    float32 unit vectors carry ~1e-7 rad of per-ray angular noise, not negligible on
+    the flanks of a ~25 urad Bragg curve: a few readings of detuned, dim states deviate.
+    Measured: 597 of 600 readings within the tolerances, worst flux deviation 10.5 %."""
+    res = crosscheck(desc, random_states(desc, 50, seed=1), rays=3000,
+                     fast_options={"dtype": torch.float32})
+    assert len(res.failures) <= 0.01 * res.comparisons
+    assert res.max_flux_rel < 0.15
+    assert res.max_fwhm_rel < 0.10
+
+
 @pytest.mark.parametrize("preset", ["dmm", "mixed"])
 def test_fast_agrees_with_xrt_on_the_other_element_types(preset):
     desc = load_preset(PRESETS / f"{preset}.toml")
@@ -37,8 +50,8 @@ def test_fast_agrees_with_xrt_on_the_other_element_types(preset):
 def test_fast_refuses_what_it_cannot_trace(mixed_desc, desc):
     with pytest.raises(BackendError, match="compound refractive lenses"):
         Twin(mixed_desc, backend="fast")
-    with pytest.raises(BackendError, match="float64 only"):
-        FastTwin(desc, dtype=torch.float32)
+    with pytest.raises(BackendError, match="float64 or torch.float32"):
+        FastTwin(desc, dtype=torch.float16)
 
 
 def test_the_batch_equals_single_traces(desc):

@@ -68,12 +68,12 @@ def _histogram2d(x: np.ndarray, y: np.ndarray, w: np.ndarray, nx: int, ny: int,
     return flat.reshape(ny, nx)
 
 
-def _make_backend(name: str, desc: BeamlineDescription) -> TraceBackend:
+def _make_backend(name: str, desc: BeamlineDescription, **options: Any) -> TraceBackend:
     if name not in BACKENDS:
         raise UnknownNameError(f"unknown backend {name!r}; available backends: "
                                f"{', '.join(BACKENDS)}")
     module, cls = BACKENDS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(desc)
+    return getattr(importlib.import_module(module), cls)(desc, **options)
 
 
 class Twin:
@@ -89,16 +89,19 @@ class Twin:
         through :class:`twin.fast.FastTwin`).
     rays : int
         Rays per trace (per beamline state).
+    **backend_options
+        Passed to the backend, e.g. ``dtype=torch.float32`` or ``device="cuda"`` for
+        ``"fast"``.
     """
 
     def __init__(self, desc: BeamlineDescription, *, backend: str = "xrt",
-                 rays: int = 10_000) -> None:
+                 rays: int = 10_000, **backend_options: Any) -> None:
         if isinstance(rays, bool) or not isinstance(rays, int) or rays < 100:
             raise ConfigError(f"rays must be an integer >= 100, got {rays!r}")
         self.desc = desc
         self.rays = rays
         self.backend_name = backend
-        self._backend = _make_backend(backend, desc)
+        self._backend = _make_backend(backend, desc, **backend_options)
         self._nominal_mA = nominal_current_mA(desc)
         # noise-free readings of the last trace, reused while the backend reuses the rays
         self._readings: dict[str, tuple[object, float, Reading]] = {}
