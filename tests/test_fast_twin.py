@@ -167,3 +167,16 @@ def test_the_differentiable_resolution_equals_the_reference_one(desc, preset):
                 continue
             np.testing.assert_allclose(got[e.name].numpy(), want[e.name].numpy(), rtol=1e-12,
                                        atol=1e-15, err_msg=e.name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gives_the_cpu_result(desc):
+    h = HiddenErrors.draw(desc, 1.0, 4)
+    sets = [{}, {"kb_v.pitch": 5.0}]
+    cpu = FastTwin(desc, rays=2000, device="cpu")
+    gpu = FastTwin(desc, rays=2000, device="cuda")
+    a = cpu.observe(cpu.positions(sets), cpu.hidden([h, h]))
+    b = gpu.observe(gpu.positions(sets), gpu.hidden([h, h]))
+    for name in ("sample", "dcm_bpm"):
+        for k in ("flux", "centroid_x_um", "centroid_y_um", "rms_y_um"):
+            np.testing.assert_allclose(b[name][k].cpu().numpy(), a[name][k].numpy(), rtol=1e-9)
