@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from twin.errors import UnknownNameError
+
 __all__ = ["BeamStats", "Reading", "Observation", "beam_stats", "fwhm", "image_stats",
            "STAT_KEYS"]
 
@@ -120,8 +122,6 @@ class Observation:
             return self.detector
         if name in self.diagnostics:
             return self.diagnostics[name]
-        from twin.errors import UnknownNameError
-
         raise UnknownNameError(
             f"unknown observation point {name!r}; known: "
             f"{', '.join([self.detector.name, *self.diagnostics])}")
