@@ -245,6 +245,9 @@ class Element:
     AXES: ClassVar[dict[str, Quantity]] = {}
     #: axes every element of this kind must have
     REQUIRED_AXES: ClassVar[frozenset[str]] = frozenset()
+    #: fields that must be > 0, and >= 0 (checked by :meth:`validate`; None is skipped)
+    POSITIVE: ClassVar[tuple[str, ...]] = ()
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ()
 
     name: str
     y_m: float
@@ -266,6 +269,12 @@ class Element:
                 f"{where}: name must match {_NAME_RE.pattern} (lower case, digits, underscores)"
             )
         _non_negative(self.y_m, f"{where}.y_m")
+        for key in self.POSITIVE:
+            if getattr(self, key) is not None:
+                _positive(getattr(self, key), f"{where}.{key}")
+        for key in self.NON_NEGATIVE:
+            if getattr(self, key) is not None:
+                _non_negative(getattr(self, key), f"{where}.{key}")
         seen: set[str] = set()
         for m in self.motors:
             mwhere = f"motor {self.name}.{m.axis}"
@@ -359,14 +368,14 @@ class Undulator(Element):
         """Electron rms divergence, vertical, urad."""
         return math.sqrt(self.emittance_y_pm * 1e-12 / self.beta_y_m) * 1e6
 
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "period_mm", "electron_energy_GeV", "current_mA", "emittance_x_pm", "emittance_y_pm",
+        "beta_x_m", "beta_y_m", "acceptance_x_urad", "acceptance_y_urad", "band_eV")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("energy_spread",)
+
     def validate(self) -> None:  # noqa: D102
         super().validate()
         w = f"element {self.name!r}"
-        for key in ("period_mm", "electron_energy_GeV", "current_mA", "emittance_x_pm",
-                    "emittance_y_pm", "beta_x_m", "beta_y_m", "acceptance_x_urad",
-                    "acceptance_y_urad", "band_eV"):
-            _positive(getattr(self, key), f"{w}.{key}")
-        _non_negative(self.energy_spread, f"{w}.energy_spread")
         if self.n_periods < 1:
             raise ConfigError(f"{w}.n_periods must be >= 1, got {self.n_periods}")
         if self.harmonic < 1 or self.harmonic % 2 == 0:
@@ -400,6 +409,7 @@ class GaussianSource(Element):
     """
 
     kind: ClassVar[str] = "gaussian_source"
+    POSITIVE: ClassVar[tuple[str, ...]] = ("flux_ph_s", "band_eV")
 
     sigma_x_um: float | None = None
     sigma_y_um: float | None = None
@@ -439,8 +449,6 @@ class GaussianSource(Element):
             )
         for k in keys:
             _non_negative(getattr(self, k), f"{w}.{k}")
-        _positive(self.flux_ph_s, f"{w}.flux_ph_s")
-        _positive(self.band_eV, f"{w}.band_eV")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -467,14 +475,11 @@ class Aperture(Element):
     kind: ClassVar[str] = "aperture"
     AXES: ClassVar[dict[str, Quantity]] = {"x": "length", "y": "length"}
 
+    POSITIVE: ClassVar[tuple[str, ...]] = ("width_mm", "height_mm")
+
     shape: Literal["rect", "round"] = "rect"
     width_mm: float = 1.0
     height_mm: float = 1.0
-
-    def validate(self) -> None:  # noqa: D102
-        super().validate()
-        _positive(self.width_mm, f"element {self.name!r}.width_mm")
-        _positive(self.height_mm, f"element {self.name!r}.height_mm")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -525,21 +530,18 @@ class Mirror(Element):
     p_m: float | None = None
     q_m: float | None = None
 
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "grazing_mrad", "length_mm", "width_mm", "radius_m", "sagittal_radius_mm", "p_m", "q_m")
+
     def validate(self) -> None:  # noqa: D102
         super().validate()
         w = f"element {self.name!r}"
-        for k in ("grazing_mrad", "length_mm", "width_mm"):
-            _positive(getattr(self, k), f"{w}.{k}")
         if self.shape in ("cylindrical", "toroidal") and self.radius_m is None:
             raise ConfigError(f"{w}: a {self.shape} mirror needs radius_m")
         if self.shape == "toroidal" and self.sagittal_radius_mm is None:
             raise ConfigError(f"{w}: a toroidal mirror needs sagittal_radius_mm")
         if self.shape == "elliptical" and self.q_m is None:
             raise ConfigError(f"{w}: an elliptical mirror needs q_m (focal distance)")
-        for k in ("radius_m", "sagittal_radius_mm", "p_m", "q_m"):
-            v = getattr(self, k)
-            if v is not None:
-                _positive(v, f"{w}.{k}")
         if self.shape != "elliptical" and (self.p_m is not None or self.q_m is not None):
             raise ConfigError(f"{w}: p_m/q_m apply to elliptical mirrors only")
         if self.shape == "flat" and self.radius_m is not None:
@@ -571,17 +573,14 @@ class CrystalMonochromator(Element):
         "bragg": "angle", "pitch2": "angle", "roll2": "angle", "perp": "length"}
     REQUIRED_AXES: ClassVar[frozenset[str]] = frozenset({"bragg"})
 
+    POSITIVE: ClassVar[tuple[str, ...]] = ("temperature_K", "fixed_exit_mm", "length_mm",
+                                           "width_mm")
+
     crystal: Literal["Si111", "Si220", "Si311", "Si333"] = "Si111"
     temperature_K: float = 77.0
     fixed_exit_mm: float = 20.0
     length_mm: float = 60.0
     width_mm: float = 30.0
-
-    def validate(self) -> None:  # noqa: D102
-        super().validate()
-        w = f"element {self.name!r}"
-        for k in ("temperature_K", "fixed_exit_mm", "length_mm", "width_mm"):
-            _positive(getattr(self, k), f"{w}.{k}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -597,13 +596,12 @@ class MultilayerMonochromator(Element):
     length_mm: float = 200.0
     width_mm: float = 30.0
 
+    POSITIVE: ClassVar[tuple[str, ...]] = ("fixed_exit_mm", "length_mm", "width_mm")
+
     def validate(self) -> None:  # noqa: D102
         super().validate()
-        w = f"element {self.name!r}"
         if not isinstance(self.coating, MultilayerCoating):
-            raise ConfigError(f"{w}.coating must be a multilayer")
-        for k in ("fixed_exit_mm", "length_mm", "width_mm"):
-            _positive(getattr(self, k), f"{w}.{k}")
+            raise ConfigError(f"element {self.name!r}.coating must be a multilayer")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -634,13 +632,13 @@ class CompoundRefractiveLens(Element):
     aperture_mm: float = 0.45
     thickness_um: float = 30.0
 
+    POSITIVE: ClassVar[tuple[str, ...]] = ("density_g_cm3", "radius_um", "aperture_mm",
+                                           "thickness_um")
+
     def validate(self) -> None:  # noqa: D102
         super().validate()
-        w = f"element {self.name!r}"
-        for k in ("density_g_cm3", "radius_um", "aperture_mm", "thickness_um"):
-            _positive(getattr(self, k), f"{w}.{k}")
         if self.n_lenses < 1:
-            raise ConfigError(f"{w}.n_lenses must be >= 1, got {self.n_lenses}")
+            raise ConfigError(f"element {self.name!r}.n_lenses must be >= 1, got {self.n_lenses}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -656,6 +654,8 @@ class _ImagingDiagnostic(Element):
         design beam axis; statistics are computed inside it only.
     """
 
+    POSITIVE: ClassVar[tuple[str, ...]] = ("pixel_um",)
+
     pixels: tuple[int, int] = (256, 256)
     pixel_um: float = 10.0
 
@@ -669,7 +669,6 @@ class _ImagingDiagnostic(Element):
         w = f"element {self.name!r}"
         if len(self.pixels) != 2 or any(int(p) != p or p < 2 for p in self.pixels):
             raise ConfigError(f"{w}.pixels must be [nx, ny] with integers >= 2, got {self.pixels}")
-        _positive(self.pixel_um, f"{w}.pixel_um")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -693,13 +692,11 @@ class BeamPositionMonitor(Element):
 
     kind: ClassVar[str] = "bpm"
 
+    POSITIVE: ClassVar[tuple[str, ...]] = ("fov_mm",)
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("position_noise_um",)
+
     fov_mm: float = 2.0
     position_noise_um: float = 0.1
-
-    def validate(self) -> None:  # noqa: D102
-        super().validate()
-        _positive(self.fov_mm, f"element {self.name!r}.fov_mm")
-        _non_negative(self.position_noise_um, f"element {self.name!r}.position_noise_um")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -714,11 +711,9 @@ class IonChamber(Element):
 
     kind: ClassVar[str] = "ion_chamber"
 
-    aperture_mm: float = 10.0
+    POSITIVE: ClassVar[tuple[str, ...]] = ("aperture_mm",)
 
-    def validate(self) -> None:  # noqa: D102
-        super().validate()
-        _positive(self.aperture_mm, f"element {self.name!r}.aperture_mm")
+    aperture_mm: float = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -749,13 +744,11 @@ class Detector(_ImagingDiagnostic):
     kind: ClassVar[str] = "detector"
     AXES: ClassVar[dict[str, Quantity]] = {"x": "length", "y": "length"}
 
+    POSITIVE: ClassVar[tuple[str, ...]] = ("pixel_um", "exposure_s")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("readout_noise_ph",)
+
     readout_noise_ph: float = 0.0
     exposure_s: float = 0.1
-
-    def validate(self) -> None:  # noqa: D102
-        super().validate()
-        _non_negative(self.readout_noise_ph, f"element {self.name!r}.readout_noise_ph")
-        _positive(self.exposure_s, f"element {self.name!r}.exposure_s")
 
 
 ELEMENT_TYPES: dict[str, type[Element]] = {
