@@ -63,6 +63,7 @@ from twin.settings import (
     SlitSettings,
     SourceSettings,
 )
+from twin.units import UNITS
 
 __all__ = ["FastBackend", "Rays", "params_from_settings", "PARAM_FIELDS"]
 
@@ -307,45 +308,48 @@ class FastBackend:
         return out
 
     # ------------------------------------------------------------------ tables
-    def _mirror_table(self, name: str, e_lo: float, e_hi: float) -> tuple[_Table2D, _Table2D]:
+    Table = _Table1D | _Table2D
+
+    def _tables_for(self, key: tuple, fetch: Any, angles: np.ndarray, e_lo: float, e_hi: float,
+                    e_step: float) -> tuple[Table, Table]:
+        """Reflectivity tables ``(Rs, Rp)`` of one element, built once per band.
+
+        Over a narrow band (under 0.5 % of the energy) reflectivity depends on the angle
+        only: 1-D tables at the band centre; otherwise 2-D in energy and angle. When Rs
+        and Rp agree (metal coatings at grazing incidence) one table serves both.
+        """
+        if key not in self._tables:
+            if e_hi - e_lo < _NARROW_BAND * e_lo:
+                rs, rp = fetch(np.array([0.5 * (e_lo + e_hi)]), angles)
+                t_s = _Table1D(angles, rs[0], self.dtype, self.device)
+                t_p = t_s if np.allclose(rs, rp, rtol=1e-5, atol=1e-9) else \
+                    _Table1D(angles, rp[0], self.dtype, self.device)
+            else:
+                E = np.linspace(e_lo, e_hi, max(2, int((e_hi - e_lo) / e_step) + 2))
+                rs, rp = fetch(E, angles)
+                t_s = _Table2D(E, angles, rs, self.dtype, self.device)
+                t_p = _Table2D(E, angles, rp, self.dtype, self.device)
+            self._tables[key] = (t_s, t_p)
+        return self._tables[key]
+
+    def _mirror_table(self, name: str, e_lo: float, e_hi: float) -> tuple[Table, Table]:
+        """Coating or multilayer reflectivity against grazing angle (rad)."""
         e = self.desc.element(name)
         if isinstance(e, MultilayerMonochromator):
             bragg = e.motor("bragg")
-            from twin.units import to_internal
-
-            theta0 = to_internal(bragg.position, bragg.units)  # type: ignore[union-attr]
+            theta0 = UNITS[bragg.units] * bragg.position  # type: ignore[union-attr]
         else:
             theta0 = e.grazing_mrad * 1e-3  # type: ignore[attr-defined]
-        key = ("m", name, round(e_lo, 1), round(e_hi, 1))
-        if key not in self._tables:
-            th = np.linspace(max(1e-5, theta0 - 0.8 * theta0), theta0 + 0.8 * theta0, 801)
-            if e_hi - e_lo < _NARROW_BAND * e_lo:  # reflectivity is flat over a narrow band
-                rs, rp = self.ref.mirror_reflectivity(name, np.array([0.5 * (e_lo + e_hi)]), th)
-                t_s = _Table1D(th, rs[0], self.dtype, self.device)
-                t_p = t_s if np.allclose(rs, rp, rtol=1e-5, atol=1e-9) else \
-                    _Table1D(th, rp[0], self.dtype, self.device)
-                self._tables[key] = (t_s, t_p)  # type: ignore[assignment]
-            else:
-                E = np.linspace(e_lo, e_hi, max(2, int((e_hi - e_lo) / 20.0) + 2))
-                rs, rp = self.ref.mirror_reflectivity(name, E, th)
-                self._tables[key] = (_Table2D(E, th, rs, self.dtype, self.device),
-                                     _Table2D(E, th, rp, self.dtype, self.device))
-        return self._tables[key]
+        angles = np.linspace(max(1e-5, 0.2 * theta0), 1.8 * theta0, 801)
+        return self._tables_for(("m", name, round(e_lo, 1), round(e_hi, 1)),
+                                lambda E, a: self.ref.mirror_reflectivity(name, E, a),
+                                angles, e_lo, e_hi, 20.0)
 
-    def _crystal_table(self, name: str, e_lo: float, e_hi: float) -> tuple[_Table2D, _Table2D]:
-        key = ("c", name, round(e_lo, 1), round(e_hi, 1))
-        if key not in self._tables:
-            dth = np.linspace(-400e-6, 400e-6, 3201)
-            if e_hi - e_lo < _NARROW_BAND * e_lo:  # the curve in dtheta is fixed over the band
-                rs, rp = self.ref.crystal_reflectivity(name, np.array([0.5 * (e_lo + e_hi)]), dth)
-                self._tables[key] = (_Table1D(dth, rs[0], self.dtype, self.device),  # type: ignore
-                                     _Table1D(dth, rp[0], self.dtype, self.device))
-            else:
-                E = np.linspace(e_lo, e_hi, max(2, int((e_hi - e_lo) / 2.0) + 2))
-                rs, rp = self.ref.crystal_reflectivity(name, E, dth)
-                self._tables[key] = (_Table2D(E, dth, rs, self.dtype, self.device),
-                                     _Table2D(E, dth, rp, self.dtype, self.device))
-        return self._tables[key]
+    def _crystal_table(self, name: str, e_lo: float, e_hi: float) -> tuple[Table, Table]:
+        """Intrinsic Bragg curve against the deviation from the kinematic angle (rad)."""
+        return self._tables_for(("c", name, round(e_lo, 1), round(e_hi, 1)),
+                                lambda E, a: self.ref.crystal_reflectivity(name, E, a),
+                                np.linspace(-400e-6, 400e-6, 3201), e_lo, e_hi, 2.0)
 
     # ------------------------------------------------------------------ sources
     def _source(self, prm: torch.Tensor, rays: int, seed: int) -> Rays:
