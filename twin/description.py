@@ -34,10 +34,12 @@ type                      what                                        motor axes
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import ClassVar, Literal
 
 from twin.errors import ConfigError, UnknownNameError
@@ -928,10 +930,15 @@ class BeamlineDescription:
             f"unknown element {name!r}; elements are: {', '.join(e.name for e in self.elements)}"
         )
 
-    @property
-    def motors(self) -> dict[str, MotorSpec]:
-        """All motors, ``element.axis`` -> spec, in beam order."""
+    @functools.cached_property
+    def _motor_table(self) -> dict[str, MotorSpec]:
+        # built once per (immutable) description; a plain dict, so it pickles
         return {f"{e.name}.{m.axis}": m for e in self.elements for m in e.motors}
+
+    @property
+    def motors(self) -> Mapping[str, MotorSpec]:
+        """All motors, ``element.axis`` -> spec, in beam order (a read-only view)."""
+        return MappingProxyType(self._motor_table)
 
     def motor(self, name: str) -> MotorSpec:
         """The motor called ``element.axis``.

@@ -70,6 +70,7 @@ class TwinBeamline:
         self._backlash_on = disturbances and cfg.backlash
         self._encoder_on = disturbances and cfg.encoder_error
         self._specs = desc.motors
+        self._index = {n: i for i, n in enumerate(self._specs)}
         self._commanded = desc.design_positions()
         self._lost = dict.fromkeys(self._specs, 0.0)  # backlash lost motion per motor
         self._encoder = dict.fromkeys(self._specs, 0.0)
@@ -116,7 +117,7 @@ class TwinBeamline:
             self._commanded[name] = target
             if self._encoder_on and m.encoder_error > 0:
                 rng = np.random.default_rng([_ENCODER_STREAM, self._seed, self._moves,
-                                             list(self._specs).index(name)])
+                                             self._index[name]])
                 self._encoder[name] = m.encoder_error * float(rng.standard_normal())
         self._moves += 1
         self._clock += duration

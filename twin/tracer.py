@@ -150,18 +150,15 @@ class Twin:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
         seed = int(seed)
-        requested = dict(positions or {})
-        if check_limits:
-            pos = validate_positions(self.desc, requested)
-        else:
-            pos = self._check_finite(requested)
+        pos = validate_positions(self.desc, dict(positions or {}), check_limits=check_limits)
+        exposure = exposure_s if exposure_s is not None else self.desc.detector.exposure_s
+        if isinstance(exposure, bool) or not isinstance(exposure, (int, float)) or \
+                not (math.isfinite(exposure) and exposure > 0):
+            raise NonFiniteError(f"exposure_s must be a finite number > 0, got {exposure_s!r}")
         settings, energy = resolve(self.desc, pos, hidden, disturbance)
         hits = self._backend.trace(settings, self.rays, seed)
         current = disturbance.ring_current_mA if disturbance is not None else self._nominal_mA
         scale = current / self._nominal_mA if self._nominal_mA > 0 else 0.0
-        exposure = exposure_s if exposure_s is not None else self.desc.detector.exposure_s
-        if not (math.isfinite(exposure) and exposure > 0):
-            raise NonFiniteError(f"exposure_s must be a finite number > 0, got {exposure_s!r}")
         rng = np.random.default_rng([_NOISE_STREAM, seed]) if noise else None
         readings: dict[str, Reading] = {}
         detector: Reading | None = None
@@ -189,17 +186,6 @@ class Twin:
                            rays=self.rays, seed=seed,
                            meta={"trace_s": time.perf_counter() - t0, "backend_stats":
                                  dict(stats)})
-
-    def _check_finite(self, positions: Mapping[str, float]) -> dict[str, float]:
-        motors = self.desc.motors
-        out = {}
-        for name, v in positions.items():
-            if name not in motors:
-                self.desc.motor(name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise NonFiniteError(f"motor {name}: position must be a finite number, got {v!r}")
-            out[name] = float(v)
-        return out
 
     def _reading(self, e: Element, x: np.ndarray, y: np.ndarray, w: np.ndarray,
                  rng: np.random.Generator | None, exposure: float) -> Reading:
