@@ -13,23 +13,24 @@ Commands
 ``beamtwin twin info``      elements, motors and diagnostics of a beamline
 ``beamtwin twin trace``     trace a beamline state and report the beam
 ``beamtwin bench twin``     tracing speed
+``beamtwin ioc``            serve the beamline as simulated EPICS IOCs
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ioc_sim.cli import ioc_command
 from twin import __version__
+from twin.cliutil import emit, jsonable, run_command
 from twin.description import BeamlineDescription, Element, MotorSpec
-from twin.errors import BeamtwinError, ConfigError
+from twin.errors import ConfigError
 from twin.hidden import HiddenErrors
 from twin.presets import load_preset
 
@@ -37,35 +38,8 @@ __all__ = ["main", "cli"]
 
 
 # --------------------------------------------------------------------------- helpers
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return {f.name: _jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}
-    return v
-
-
-def _emit(as_json: bool, doc: dict[str, Any], text: Callable[[], str]) -> None:
-    if as_json:
-        click.echo(json.dumps(_jsonable(doc), indent=2, allow_nan=False))
-    else:
-        click.echo(text())
-
-
-def _run(as_json: bool, fn: Callable[[], None]) -> None:
-    """Run a command body; turn beamtwin errors into a clear message and exit 2."""
-    try:
-        fn()
-    except BeamtwinError as exc:
-        if as_json:
-            click.echo(json.dumps({"error": str(exc), "type": type(exc).__name__}))
-        else:
-            click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+_emit = emit
+_run = run_command
 
 
 def _parse_sets(items: Sequence[str]) -> dict[str, float]:
@@ -90,7 +64,7 @@ def _element_doc(e: Element) -> dict[str, Any]:
     for f in dataclasses.fields(e):
         if f.name in ("name", "motors"):
             continue
-        doc[f.name] = _jsonable(getattr(e, f.name))
+        doc[f.name] = jsonable(getattr(e, f.name))
     doc["motors"] = [f"{e.name}.{m.axis}" for m in e.motors]
     return doc
 
@@ -311,7 +285,7 @@ def demo(preset: str | None, seed: int, misalign: float, rays: int, out: str,
                                 folder / "beam.png", title=f"{desc.name}: beam at each diagnostic")
         doc = {"preset": desc.name, "seed": seed, "misalign": misalign, "aligned": ideal,
                "misaligned": mis, "png": str(png.resolve())}
-        (folder / "demo.json").write_text(json.dumps(_jsonable(doc), indent=2))
+        (folder / "demo.json").write_text(json.dumps(jsonable(doc), indent=2))
 
         def text() -> str:
             return ("ideal beamline\n" + _trace_text(ideal, desc.detector.name)
@@ -321,6 +295,9 @@ def demo(preset: str | None, seed: int, misalign: float, rays: int, out: str,
         _emit(as_json, doc, text)
 
     _run(as_json, body)
+
+
+cli.add_command(ioc_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

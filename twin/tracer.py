@@ -114,7 +114,8 @@ class Twin:
     def trace(self, positions: Mapping[str, float] | None = None, *,
               hidden: HiddenErrors | None = None, seed: int = 0,
               disturbance: DisturbanceState | None = None, noise: bool = False,
-              exposure_s: float | None = None, check_limits: bool = True) -> Observation:
+              exposure_s: float | None = None, check_limits: bool = True,
+              noise_seed: int | None = None) -> Observation:
         """Trace the beamline and observe it.
 
         Parameters
@@ -138,6 +139,9 @@ class Twin:
             False lets positions beyond the soft limits through (the twin's own
             motor simulation uses this for backlash overshoot); finiteness and
             names are always checked.
+        noise_seed : int, optional
+            Seeds the detector noise on its own (default: *seed*). A live detector
+            takes successive frames with the same rays and a new *noise_seed*.
 
         Raises
         ------
@@ -150,6 +154,11 @@ class Twin:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
         seed = int(seed)
+        if noise_seed is None:
+            noise_seed = seed
+        elif isinstance(noise_seed, bool) or not isinstance(noise_seed, (int, np.integer)) \
+                or noise_seed < 0:
+            raise ConfigError(f"noise_seed must be an integer >= 0, got {noise_seed!r}")
         pos = validate_positions(self.desc, dict(positions or {}), check_limits=check_limits)
         exposure = exposure_s if exposure_s is not None else self.desc.detector.exposure_s
         if isinstance(exposure, bool) or not isinstance(exposure, (int, float)) or \
@@ -159,7 +168,7 @@ class Twin:
         hits = self._backend.trace(settings, self.rays, seed)
         current = disturbance.ring_current_mA if disturbance is not None else self._nominal_mA
         scale = current / self._nominal_mA if self._nominal_mA > 0 else 0.0
-        rng = np.random.default_rng([_NOISE_STREAM, seed]) if noise else None
+        rng = np.random.default_rng([_NOISE_STREAM, int(noise_seed)]) if noise else None
         readings: dict[str, Reading] = {}
         detector: Reading | None = None
         for e in self.desc.elements:

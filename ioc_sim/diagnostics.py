@@ -1,0 +1,249 @@
+"""Beam diagnostics, the undulator, the machine and the twin's own status, as PV groups.
+
+Each diagnostic of the beamline description gets ``{P}{name}:``:
+
+every diagnostic (screen, BPM, ion chamber, sample)
+    ``Intensity_RBV`` (r, photons/s inside its field of view),
+    ``UniqueId_RBV`` (r, number of the trace that produced these values).
+BPM, screen and sample
+    ``PosX_RBV``, ``PosY_RBV`` (r, beam centroid, um, x to the right looking
+    downstream, y up), ``FWHMX_RBV``, ``FWHMY_RBV`` (r, um).
+screen and sample (a camera)
+    ``image:ArrayData`` (r, int32 counts per diagnostics cycle, row-major,
+    row 0 at the top), ``image:ArraySize0_RBV``, ``image:ArraySize1_RBV`` (r),
+    ``Stats:Total_RBV``, ``Stats:CentroidX_RBV``, ``Stats:CentroidY_RBV``,
+    ``Stats:SigmaX_RBV``, ``Stats:SigmaY_RBV`` (r, counts and pixels).
+
+``{P}undulator:``
+    ``Energy_RBV`` (r, eV: on-axis energy of the selected harmonic at the gap
+    readback), ``Harmonic`` (rw, odd, >= 1), ``Harmonic_RBV`` (r),
+    ``Gap_RBV`` (r, mm, the gap motor's dial readback). The gap itself is the
+    motor record ``{P}undulator:gap``.
+
+``{P}machine:``
+    ``RingCurrent_RBV`` (r, mA: decay and top-up), ``BeamAvailable_RBV``
+    (r, No/Yes), ``Shutter`` (rw, Closed/Open: the front-end shutter),
+    ``Shutter_RBV`` (r), ``BeamLoss`` (rw, No/Yes: inject a beam loss),
+    ``Time_RBV`` (r, s since the IOC started).
+
+``{P}twin:``
+    ``Backend_RBV``, ``Rays_RBV``, ``Seed_RBV`` (r), ``PhotonEnergy_RBV`` (r, eV,
+    selected by the monochromator), ``Traces_RBV`` (r), ``TraceTime_RBV`` (r, ms),
+    ``DiagRate`` (rw, Hz, 0 to 20: how often the diagnostics are traced when the
+    detector is not acquiring; 0 stops it), ``Ready_RBV`` (r).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from caproto.server import PVGroup
+
+from ioc_sim.analysis import frame_stats
+from ioc_sim.machine import SimulatedMachine
+from ioc_sim.pvs import array_pv, enum_pv, float_pv, int_pv, string_pv
+from twin.description import BeamPositionMonitor, Element, IonChamber
+from twin.observation import Observation, Reading
+
+__all__ = ["DiagnosticPVs", "make_diagnostic", "UndulatorPVs", "MachinePVs", "TwinPVs"]
+
+
+class DiagnosticPVs(PVGroup):
+    """Intensity of one diagnostic (subclasses add position and a camera)."""
+
+    intensity = float_pv("Intensity_RBV", "photons inside the field of view", units="ph/s",
+                         precision=4)
+    uid = int_pv("UniqueId_RBV", "trace number")
+
+    async def initialise(self) -> None:
+        """Publish constants; called once before serving."""
+
+    async def publish(self, reading: Reading, uid: int, exposure_s: float) -> None:
+        """Post the values of *reading* from trace *uid*."""
+        await self.intensity.write(reading.stats.flux, verify_value=False)
+        await self.uid.write(uid, verify_value=False)
+
+
+class PositionPVs(DiagnosticPVs):
+    """A diagnostic that also measures the beam position and size (BPM)."""
+
+    pos_x = float_pv("PosX_RBV", "beam centroid x", units="um")
+    pos_y = float_pv("PosY_RBV", "beam centroid y", units="um")
+    fwhm_x = float_pv("FWHMX_RBV", "beam FWHM x", units="um")
+    fwhm_y = float_pv("FWHMY_RBV", "beam FWHM y", units="um")
+
+    async def publish(self, reading: Reading, uid: int, exposure_s: float) -> None:  # noqa: D102
+        s = reading.stats
+        for prop, value in ((self.pos_x, s.centroid_x_um), (self.pos_y, s.centroid_y_um),
+                            (self.fwhm_x, s.fwhm_x_um), (self.fwhm_y, s.fwhm_y_um)):
+            await prop.write(value, verify_value=False)
+        await super().publish(reading, uid, exposure_s)
+
+
+class CameraPVs(PositionPVs):
+    """A screen or sample camera: position, size and an image with its statistics."""
+
+    size0 = int_pv("image:ArraySize0_RBV", "image width, pixels")
+    size1 = int_pv("image:ArraySize1_RBV", "image height, pixels")
+    total = float_pv("Stats:Total_RBV", "sum of counts", units="", precision=0)
+    centroid_x = float_pv("Stats:CentroidX_RBV", "centroid x", units="px")
+    centroid_y = float_pv("Stats:CentroidY_RBV", "centroid y", units="px")
+    sigma_x = float_pv("Stats:SigmaX_RBV", "rms width x", units="px")
+    sigma_y = float_pv("Stats:SigmaY_RBV", "rms width y", units="px")
+
+    def __init__(self, prefix: str, *, pixels: tuple[int, int]) -> None:
+        super().__init__(prefix=prefix)
+        self.pixels = pixels
+
+    async def initialise(self) -> None:  # noqa: D102
+        await self.size0.write(self.pixels[0], verify_value=False)
+        await self.size1.write(self.pixels[1], verify_value=False)
+
+    async def publish(self, reading: Reading, uid: int, exposure_s: float) -> None:  # noqa: D102
+        if reading.image is not None:
+            counts = np.rint(np.clip(reading.image, 0, None) * exposure_s)[::-1]
+            frame = np.clip(counts, 0, np.iinfo(np.int32).max).astype(np.int32)
+            s = frame_stats(frame)
+            await self.array_data.write(frame.ravel(), verify_value=False)  # type: ignore[attr-defined]
+            for prop, value in ((self.total, s.total), (self.centroid_x, s.centroid_x),
+                                (self.centroid_y, s.centroid_y), (self.sigma_x, s.sigma_x),
+                                (self.sigma_y, s.sigma_y)):
+                await prop.write(value, verify_value=False)
+        await super().publish(reading, uid, exposure_s)
+
+
+def make_diagnostic(prefix: str, element: Element) -> DiagnosticPVs:
+    """The PV group of one diagnostic *element*, at ``{prefix}{element.name}:``."""
+    where = f"{prefix}{element.name}:"
+    if isinstance(element, IonChamber):
+        return DiagnosticPVs(prefix=where)
+    if isinstance(element, BeamPositionMonitor):
+        return PositionPVs(prefix=where)
+    nx, ny = element.pixels  # type: ignore[attr-defined]
+    data = array_pv("image:ArrayData", "camera image, counts, row-major", nx * ny)
+    cls = type(f"CameraPVs{nx}x{ny}", (CameraPVs,), {"array_data": data})
+    return cls(where, pixels=(nx, ny))
+
+
+class UndulatorPVs(PVGroup):
+    """``{P}undulator:``: energy readback and harmonic (the gap is a motor record)."""
+
+    energy = float_pv("Energy_RBV", "on-axis energy of the harmonic at the gap", units="eV",
+                      precision=2)
+    harmonic = int_pv("Harmonic", "harmonic number (odd)", read_only=False, value=1)
+    harmonic_rbv = int_pv("Harmonic_RBV", "harmonic number", value=1)
+    gap = float_pv("Gap_RBV", "gap (dial readback)", units="mm", precision=4)
+
+    def __init__(self, prefix: str, *, machine: SimulatedMachine) -> None:
+        super().__init__(prefix=prefix)
+        self.machine = machine
+
+    async def initialise(self) -> None:
+        """Publish the preset's harmonic; called once before serving."""
+        und = self.machine.undulator
+        h = und.harmonic if und is not None else 1
+        await self.harmonic.write(h, verify_value=False)
+        await self.harmonic_rbv.write(h, verify_value=False)
+
+    @harmonic.putter
+    async def harmonic(self, instance, value):
+        if value < 1 or value % 2 == 0:
+            raise ValueError(f"undulator harmonic must be odd and >= 1, got {value!r}")
+        await self.harmonic_rbv.write(value, verify_value=False)
+        return value
+
+    @energy.scan(period=0.2)
+    async def energy(self, instance, async_lib):
+        m = self.machine
+        if m.gap_motor is None:
+            return
+        await instance.write(m.undulator_energy_eV(self.harmonic.value), verify_value=False)
+        gap, _ = m.axes[m.gap_motor].state(m.now())
+        await self.gap.write(gap, verify_value=False)
+
+
+class MachinePVs(PVGroup):
+    """``{P}machine:``: ring current, beam availability, shutter and beam-loss injection."""
+
+    current = float_pv("RingCurrent_RBV", "ring current", units="mA", precision=3)
+    available = enum_pv("BeamAvailable_RBV", "beam available", ("No", "Yes"), "Yes",
+                      read_only=True)
+    shutter = enum_pv("Shutter", "front-end shutter", ("Closed", "Open"), "Open")
+    shutter_rbv = enum_pv("Shutter_RBV", "front-end shutter", ("Closed", "Open"), "Open",
+                        read_only=True)
+    beam_loss = enum_pv("BeamLoss", "inject a beam loss", ("No", "Yes"), "No")
+    time = float_pv("Time_RBV", "time since the IOC started", units="s", precision=1)
+
+    def __init__(self, prefix: str, *, machine: SimulatedMachine) -> None:
+        super().__init__(prefix=prefix)
+        self.machine = machine
+
+    async def initialise(self) -> None:
+        """Publish the ring's state; called once before serving."""
+        await self._update()
+
+    @shutter.putter
+    async def shutter(self, instance, value):
+        self.machine.shutter_open = value == "Open"
+        await self.shutter_rbv.write(value, verify_value=False)
+        return value
+
+    @beam_loss.putter
+    async def beam_loss(self, instance, value):
+        self.machine.beam_lost = value == "Yes"
+        await self._update()
+        return value
+
+    @current.scan(period=0.5)
+    async def current(self, instance, async_lib):
+        await self._update()
+
+    async def _update(self) -> None:
+        t = self.machine.now()
+        current, available = self.machine.ring(t)
+        await self.current.write(current, verify_value=False)
+        await self.available.write("Yes" if available else "No", verify_value=False)
+        await self.time.write(t, verify_value=False)
+
+
+class TwinPVs(PVGroup):
+    """``{P}twin:``: what traces the beamline, and how fast."""
+
+    backend = string_pv("Backend_RBV", "tracing backend")
+    rays = int_pv("Rays_RBV", "rays per trace")
+    seed = int_pv("Seed_RBV", "seed of rays, hidden errors and noise")
+    energy = float_pv("PhotonEnergy_RBV", "photon energy selected by the monochromator",
+                      units="eV", precision=2)
+    traces = int_pv("Traces_RBV", "traces so far")
+    trace_time = float_pv("TraceTime_RBV", "duration of the last trace", units="ms",
+                          precision=1)
+    rate = float_pv("DiagRate", "diagnostics update rate (0: off)", 2.0, units="Hz",
+                    precision=2, read_only=False)
+    ready = int_pv("Ready_RBV", "1 once the IOC serves")
+
+    def __init__(self, prefix: str, *, machine: SimulatedMachine, rate_hz: float) -> None:
+        super().__init__(prefix=prefix)
+        self.machine = machine
+        self._rate_hz = float(rate_hz)
+
+    async def initialise(self) -> None:
+        """Publish the configuration; called once before serving."""
+        cfg = self.machine.config
+        await self.backend.write(cfg.backend, verify_value=False)
+        await self.rays.write(cfg.rays, verify_value=False)
+        await self.seed.write(cfg.seed, verify_value=False)
+        await self.rate.write(self._rate_hz)
+
+    @rate.putter
+    async def rate(self, instance, value):
+        if not (math.isfinite(value) and 0 <= value <= 20):
+            raise ValueError(f"twin:DiagRate must be within [0, 20] Hz, got {value!r}")
+        return value
+
+    async def count(self, obs: Observation) -> None:
+        """Record one trace."""
+        await self.traces.write(self.traces.value + 1, verify_value=False)
+        await self.trace_time.write(obs.meta.get("trace_s", math.nan) * 1e3,
+                                    verify_value=False)
+        await self.energy.write(obs.energy_eV, verify_value=False)

@@ -1,0 +1,557 @@
+"""A motor record for every twin motor, faithful enough for ophyd and pyepics motors.
+
+Each :class:`MotorRecord` serves the record ``{P}{element}:{axis}`` (the bare
+name is the VAL field) with these fields:
+
+=========  ===  =============================================================
+Field      R/W  Meaning (units: the motor's EGU unless stated)
+=========  ===  =============================================================
+VAL        rw   user setpoint; put-with-completion returns when the move ends
+DVAL       rw   dial setpoint
+RBV        r    user readback, follows the motion (50 Hz while moving)
+DRBV       r    dial readback
+RLV        rw   relative move (VAL += RLV)
+TWV        rw   tweak step; TWF / TWR (rw) tweak forward / reverse
+OFF        rw   user offset: user = dial * (DIR ? -1 : 1) + OFF
+DIR        rw   user direction, enum Pos / Neg
+FOFF       rw   offset freeze switch, enum Variable / Frozen
+SET        rw   enum Use / Set; in Set mode a VAL put redefines the position
+DMOV       r    done moving (1 at rest)
+MOVN       r    moving
+TDIR       r    direction of travel (1 positive)
+HLM, LLM   rw   user soft limits (derived from DHLM, DLLM, OFF, DIR)
+DHLM,DLLM  rw   dial soft limits; both 0 means no soft limits (motor record rule)
+LVIO       r    1 after a refused setpoint (outside the limits, or not finite)
+HLS, LLS   r    hardware limit switches (travel ends 2 % of the range past the
+                soft limits)
+STOP       rw   1 stops the motor (decelerating at ACCL); resets to 0
+SPMG       rw   enum Stop / Pause / Move / Go
+VELO       rw   slew speed, EGU/s (> 0)
+ACCL       rw   time to reach VELO, s (> 0)
+BDST       rw   backlash distance (final approach in its sign's direction)
+BVEL       rw   backlash speed, EGU/s (> 0)
+RDBD       rw   retry deadband (>= 0)
+MRES       r    motor step: setpoints are rounded to whole steps
+EGU        r    engineering units (the twin's motor units)
+PREC       r    display precision
+DESC       rw   description
+MSTA       r    status bits (DIRECTION, DONE, PLUS_LS, MINUS_LS, MOVING, HOMED)
+DIFF       r    DVAL - DRBV
+RRBV, RMP  r    raw readback, steps
+HOMF, HOMR rw   home: move to the home switch, which sits at the design position
+ATHM       r    at home
+RTYP       r    "motor"
+=========  ===  =============================================================
+
+Behaviour, as the motor record's:
+
+* A setpoint outside the soft limits sets LVIO = 1, leaves VAL at its old value
+  and does not move; the put completes.
+* Unlike the motor record, whose ``>``/``<`` checks let NaN through, a NaN or
+  infinite setpoint is refused: LVIO = 1 and the put fails with a CA error.
+* A new setpoint during a move makes the motor decelerate to rest and go on to
+  the new target; every pending put-with-completion returns when it is done.
+* Read-only fields refuse writes with a CA error; VELO, ACCL, BVEL must be
+  finite and > 0 and BDST, RDBD finite, or the put fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from caproto import SkipWrite
+from caproto.server import PVGroup, PvpropertyDouble, pvproperty
+
+from ioc_sim.machine import SimulatedMachine
+from ioc_sim.motion import AxisMotion
+from ioc_sim.pvs import enum_pv, float_pv, int_pv, string_pv
+from twin.description import MotorSpec
+
+__all__ = ["MotorRecord", "MSTA_BITS"]
+
+#: motor record MSTA bit values used here
+MSTA_BITS = {"DIRECTION": 1 << 0, "DONE": 1 << 1, "PLUS_LS": 1 << 2, "POSITION": 1 << 5,
+             "HOME": 1 << 7, "MOVING": 1 << 10, "MINUS_LS": 1 << 13, "HOMED": 1 << 14}
+
+_TICK_S = 0.02  # readback update period while moving
+
+
+async def _let_monitors_out() -> None:
+    """Let caproto's subscription tasks send the updates just posted.
+
+    caproto sends monitor updates from queue tasks and a put-completion reply
+    directly, so a reply could overtake the RBV, DMOV or LVIO updates of the
+    same put. The motor record posts them first; yielding a few times to the
+    event loop gives the same order.
+    """
+    for _ in range(_FLUSH_YIELDS):
+        await asyncio.sleep(0)
+
+
+_FLUSH_YIELDS = 4
+
+
+def _precision(resolution: float) -> int:
+    return max(0, -math.floor(math.log10(resolution))) + 1
+
+
+class _Setpoint(PvpropertyDouble):
+    """VAL: its control limits are published (ophyd checks them before it puts) but
+    caproto does not enforce them, so an out-of-limit setpoint reaches the putter,
+    which answers as the motor record does (LVIO = 1, no move)."""
+
+    async def verify_value(self, value):  # noqa: D102
+        if self.putter is not None:
+            return await self.putter(self, value)
+        return value
+
+
+def _float(name: str, doc: str, *, read_only: bool = False) -> pvproperty:
+    return float_pv(name, doc, 0.0, read_only=read_only)
+
+
+class MotorRecord(PVGroup):
+    """One simulated motor record; see the module docstring for its fields.
+
+    Parameters
+    ----------
+    prefix : str
+        The record name, ``{P}{element}:{axis}``.
+    machine : SimulatedMachine
+    motor : str
+        The twin motor, ``element.axis``.
+    """
+
+    val = pvproperty(name=".VAL", value=0.0, dtype=_Setpoint, doc="user setpoint")
+    dval = _float(".DVAL", "dial setpoint")
+    rbv = _float(".RBV", "user readback", read_only=True)
+    drbv = _float(".DRBV", "dial readback", read_only=True)
+    rlv = _float(".RLV", "relative move")
+    twv = _float(".TWV", "tweak step")
+    twf = int_pv(".TWF", "tweak forward", read_only=False)
+    twr = int_pv(".TWR", "tweak reverse", read_only=False)
+    off = _float(".OFF", "user offset")
+    dir = enum_pv(".DIR", "user direction", ("Pos", "Neg"), "Pos")
+    foff = enum_pv(".FOFF", "offset freeze switch", ("Variable", "Frozen"), "Variable")
+    set_use = enum_pv(".SET", "set/use switch", ("Use", "Set"), "Use")
+    dmov = int_pv(".DMOV", "done moving", read_only=True, value=1)
+    movn = int_pv(".MOVN", "moving", read_only=True)
+    tdir = int_pv(".TDIR", "direction of travel", read_only=True, value=1)
+    hlm = _float(".HLM", "user high limit")
+    llm = _float(".LLM", "user low limit")
+    dhlm = _float(".DHLM", "dial high limit")
+    dllm = _float(".DLLM", "dial low limit")
+    lvio = int_pv(".LVIO", "limit violation", read_only=True)
+    hls = int_pv(".HLS", "at high limit switch", read_only=True)
+    lls = int_pv(".LLS", "at low limit switch", read_only=True)
+    stop = int_pv(".STOP", "stop", read_only=False)
+    spmg = enum_pv(".SPMG", "stop/pause/move/go", ("Stop", "Pause", "Move", "Go"), "Go")
+    velo = _float(".VELO", "velocity, EGU/s")
+    accl = _float(".ACCL", "seconds to velocity")
+    bdst = _float(".BDST", "backlash distance")
+    bvel = _float(".BVEL", "backlash velocity, EGU/s")
+    rdbd = _float(".RDBD", "retry deadband")
+    vbas = _float(".VBAS", "base velocity", read_only=True)
+    vmax = _float(".VMAX", "max velocity (0: none)", read_only=True)
+    mres = _float(".MRES", "motor step size", read_only=True)
+    egu = string_pv(".EGU", "engineering units")
+    prec = int_pv(".PREC", "display precision", read_only=True)
+    desc = string_pv(".DESC", "description", read_only=False)
+    msta = int_pv(".MSTA", "motor status", read_only=True)
+    diff = _float(".DIFF", "DVAL - DRBV", read_only=True)
+    rrbv = int_pv(".RRBV", "raw readback, steps", read_only=True)
+    rmp = int_pv(".RMP", "raw motor position, steps", read_only=True)
+    miss = int_pv(".MISS", "ran out of retries", read_only=True)
+    homf = int_pv(".HOMF", "home forward", read_only=False)
+    homr = int_pv(".HOMR", "home reverse", read_only=False)
+    athm = int_pv(".ATHM", "at home", read_only=True)
+    cnen = int_pv(".CNEN", "enable control", value=1, read_only=False)
+    rtyp = string_pv(".RTYP", "record type", "motor")
+    stat = int_pv(".STAT", "alarm status", read_only=True)
+    sevr = int_pv(".SEVR", "alarm severity", read_only=True)
+
+    def __init__(self, prefix: str, *, machine: SimulatedMachine, motor: str) -> None:
+        super().__init__(prefix=prefix)
+        self.machine = machine
+        self.motor = motor
+        self.spec: MotorSpec = machine.desc.motors[motor]
+        self.axis: AxisMotion = machine.axes[motor]
+        self._waiters: list[asyncio.Future[None]] = []
+        self._runner: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ set-up
+    async def initialise(self) -> None:
+        """Publish the motor's configuration; call once before serving."""
+        s, a = self.spec, self.axis
+        prec = _precision(s.resolution)
+        for prop in self._float_props():
+            await prop.write_metadata(units=s.units, precision=prec)
+        await self.egu.write(s.units[:39], verify_value=False)
+        await self.prec.write(prec, verify_value=False)
+        await self.desc.write((s.description or self.motor)[:39], verify_value=False)
+        await self.mres.write(s.resolution, verify_value=False)
+        await self.velo.write(a.velocity, verify_value=False)
+        await self.accl.write(a.accel_s, verify_value=False)
+        await self.bdst.write(a.bdst, verify_value=False)
+        await self.bvel.write(a.bvel, verify_value=False)
+        await self.rdbd.write(s.resolution, verify_value=False)
+        await self.twv.write(10 * s.resolution, verify_value=False)
+        await self.dhlm.write(s.high, verify_value=False)
+        await self.dllm.write(s.low, verify_value=False)
+        await self._publish_limits()
+        p = a.position
+        await self.val.write(p, verify_value=False)
+        await self.dval.write(p, verify_value=False)
+        await self._publish_position(p, 0.0)
+        await self._publish_status(moving=False)
+
+    def _float_props(self):
+        return (self.val, self.dval, self.rbv, self.drbv, self.rlv, self.twv, self.off,
+                self.hlm, self.llm, self.dhlm, self.dllm, self.bdst, self.rdbd, self.mres,
+                self.diff)
+
+    # ------------------------------------------------------------------ coordinates
+    @property
+    def _sign(self) -> int:
+        return -1 if self.dir.value == "Neg" else 1
+
+    def _user(self, dial: float) -> float:
+        return self._sign * dial + self.off.value
+
+    def _dial(self, user: float) -> float:
+        return (user - self.off.value) * self._sign
+
+    def _user_limits(self) -> tuple[float, float]:
+        lo, hi = self._sign * self.dllm.value, self._sign * self.dhlm.value
+        lo, hi = min(lo, hi), max(lo, hi)
+        return lo + self.off.value, hi + self.off.value
+
+    def _within(self, dial: float) -> bool:
+        lo, hi = self.dllm.value, self.dhlm.value
+        if lo == 0 and hi == 0:
+            return True  # motor record: no soft limits
+        return lo <= dial <= hi
+
+    async def _publish_limits(self) -> None:
+        lo, hi = self._user_limits()
+        await self.llm.write(lo, verify_value=False)
+        await self.hlm.write(hi, verify_value=False)
+        if self.dllm.value == 0 and self.dhlm.value == 0:
+            lo = hi = 0.0
+        # control limits on VAL: ophyd's EpicsMotor checks them before it puts
+        await self.val.write_metadata(lower_ctrl_limit=lo, upper_ctrl_limit=hi)
+        await self.rbv.write_metadata(lower_ctrl_limit=lo, upper_ctrl_limit=hi)
+
+    async def _publish_position(self, dial: float, velocity: float) -> None:
+        a = self.axis
+        await self.drbv.write(dial, verify_value=False)
+        await self.rbv.write(self._user(dial), verify_value=False)
+        steps = int(round(dial / a.resolution))
+        await self.rrbv.write(steps, verify_value=False)
+        await self.rmp.write(steps, verify_value=False)
+        await self.diff.write(self.dval.value - dial, verify_value=False)
+        await self.athm.write(int(abs(dial - self.spec.position) < a.resolution / 2),
+                              verify_value=False)
+        if velocity:
+            await self.tdir.write(int(velocity > 0), verify_value=False)
+
+    async def _publish_status(self, *, moving: bool) -> None:
+        a = self.axis
+        bits = MSTA_BITS["POSITION"] | MSTA_BITS["HOMED"]
+        if self.tdir.value:
+            bits |= MSTA_BITS["DIRECTION"]
+        if not moving:
+            bits |= MSTA_BITS["DONE"]
+        else:
+            bits |= MSTA_BITS["MOVING"]
+        if a.hit_high:
+            bits |= MSTA_BITS["PLUS_LS"]
+        if a.hit_low:
+            bits |= MSTA_BITS["MINUS_LS"]
+        if self.athm.value:
+            bits |= MSTA_BITS["HOME"]
+        await self.hls.write(int(a.hit_high), verify_value=False)
+        await self.lls.write(int(a.hit_low), verify_value=False)
+        await self.movn.write(int(moving), verify_value=False)
+        await self.msta.write(bits, verify_value=False)
+
+    # ------------------------------------------------------------------ motion
+    async def _start(self, dial_target: float) -> float:
+        """Start a move to *dial_target* (already checked); returns the quantised target."""
+        now = self.machine.now()
+        target = self.axis.move_to(dial_target, now)
+        await self.dval.write(target, verify_value=False)
+        await self.dmov.write(0, verify_value=False)
+        await self._publish_status(moving=True)
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.get_running_loop().create_task(self._run_motion())
+        return target
+
+    async def _run_motion(self) -> None:
+        """Follow the motion, publishing readbacks, until the motor is at rest."""
+        try:
+            while True:
+                now = self.machine.now()
+                p, v = self.axis.state(now)
+                moving = bool(self.axis.segments)
+                await self._publish_position(p, v)
+                if not moving:
+                    break
+                remaining = self.axis.end_time() - now
+                await asyncio.sleep(min(_TICK_S, max(remaining, 0.0)))
+        finally:
+            p, _ = self.axis.state(self.machine.now())
+            await self._publish_position(p, 0.0)
+            if self.axis.hit_high or self.axis.hit_low:
+                # stopped on a limit switch: the setpoint follows the readback
+                await self.dval.write(p, verify_value=False)
+                await self.val.write(self._user(p), verify_value=False)
+            await self._publish_status(moving=False)
+            await self.dmov.write(1, verify_value=False)
+            await _let_monitors_out()
+            waiters, self._waiters = self._waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    async def _wait_done(self) -> None:
+        if self._runner is None or self._runner.done():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        await fut
+
+    async def _pulse_done(self) -> None:
+        """A null move: DMOV goes 0 then 1, as the motor record does."""
+        await self.dmov.write(0, verify_value=False)
+        await asyncio.sleep(0)
+        if self._runner is None or self._runner.done():
+            await self.dmov.write(1, verify_value=False)
+            await _let_monitors_out()
+
+    async def _refuse(self, value: object, why: str) -> None:
+        await self.lvio.write(1, verify_value=False)
+        await _let_monitors_out()
+        raise ValueError(f"{self.prefix}: setpoint {value!r} refused: {why}")
+
+    async def _request(self, user_target: float) -> float:
+        """Validate and execute a user-coordinate setpoint; returns the VAL to keep."""
+        if not math.isfinite(user_target):
+            await self._refuse(user_target, "not a finite number")
+        if self.set_use.value == "Set":
+            await self._redefine(user_target)
+            return user_target
+        dial = self._dial(user_target)
+        if not (self._within(dial) and self._within(self.axis.quantise(dial))):
+            lo, hi = self._user_limits()
+            await self.lvio.write(1, verify_value=False)
+            await _let_monitors_out()
+            self.log.warning("%s: %r outside soft limits [%r, %r]; not moving",
+                             self.prefix, user_target, lo, hi)
+            raise SkipWrite()  # VAL keeps its old value, no motion, the put completes
+        await self.lvio.write(0, verify_value=False)
+        if self.cnen.value == 0 or self.spmg.value in ("Stop", "Pause"):
+            await self.dval.write(self.axis.quantise(dial), verify_value=False)
+            return self._user(self.axis.quantise(dial))
+        here, _ = self.axis.state(self.machine.now())
+        target = self.axis.quantise(dial)
+        await self.val.write(self._user(target), verify_value=False)
+        if target == here and not self.axis.segments:
+            await self.dval.write(target, verify_value=False)
+            await self._pulse_done()
+        else:
+            await self._start(target)
+            await self._wait_done()
+        if self.spmg.value == "Move":
+            await self.spmg.write("Pause", verify_value=False)
+        return self.val.value
+
+    async def _redefine(self, user_target: float) -> None:
+        """SET mode: make the current position read *user_target* without moving."""
+        here, _ = self.axis.state(self.machine.now())
+        if self.foff.value == "Variable":
+            await self.off.write(user_target - self._sign * here, verify_value=False)
+            await self._publish_limits()
+        else:
+            dial = self._dial(user_target)
+            shift = dial - here
+            self.axis.set_position(dial)
+            await self.dhlm.write(self.dhlm.value + shift, verify_value=False)
+            await self.dllm.write(self.dllm.value + shift, verify_value=False)
+            here = dial
+        await self.dval.write(here, verify_value=False)
+        await self._publish_position(here, 0.0)
+
+    # ------------------------------------------------------------------ putters
+    @val.putter
+    async def val(self, instance, value):
+        return await self._request(float(value))
+
+    @dval.putter
+    async def dval(self, instance, value):
+        user = self._user(float(value))
+        if not math.isfinite(user):
+            await self._refuse(value, "not a finite number")
+        new = await self._request(user)
+        await self.val.write(new, verify_value=False)
+        return self._dial(new)
+
+    @rlv.putter
+    async def rlv(self, instance, value):
+        await self._relative(float(value))
+        return 0.0
+
+    @twf.putter
+    async def twf(self, instance, value):
+        if value:
+            await self._relative(self.twv.value)
+        return 0
+
+    @twr.putter
+    async def twr(self, instance, value):
+        if value:
+            await self._relative(-self.twv.value)
+        return 0
+
+    async def _relative(self, delta: float) -> None:
+        if not math.isfinite(delta):
+            await self._refuse(delta, "not a finite number")
+        new = await self._request(self.val.value + delta)
+        await self.val.write(new, verify_value=False)
+
+    @homf.putter
+    async def homf(self, instance, value):
+        if value:
+            await self._home()
+        return 0
+
+    @homr.putter
+    async def homr(self, instance, value):
+        if value:
+            await self._home()
+        return 0
+
+    async def _home(self) -> None:
+        new = await self._request(self._user(self.spec.position))
+        await self.val.write(new, verify_value=False)
+
+    @stop.putter
+    async def stop(self, instance, value):
+        if value:
+            await self._halt()
+        return 0
+
+    async def _halt(self) -> None:
+        end = self.axis.stop(self.machine.now())
+        await self.dval.write(end, verify_value=False)
+        await self.val.write(self._user(end), verify_value=False)
+
+    @spmg.putter
+    async def spmg(self, instance, value):
+        if value in ("Stop", "Pause"):
+            end = self.axis.stop(self.machine.now())
+            if value == "Stop":
+                await self.dval.write(end, verify_value=False)
+                await self.val.write(self._user(end), verify_value=False)
+            return value
+        # Move or Go: resume towards DVAL if the motor is not there
+        here, _ = self.axis.state(self.machine.now())
+        if self.dval.value != here and not self.axis.segments:
+            await self.spmg.write(value, verify_value=False)
+            await self._start(self.dval.value)
+        return value
+
+    @off.putter
+    async def off(self, instance, value):
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{self.prefix}.OFF: {value!r} is not a finite number")
+        await self._recompute_user(offset=value)
+        return value
+
+    @dir.putter
+    async def dir(self, instance, value):
+        await self._recompute_user(sign=-1 if value == "Neg" else 1)
+        return value
+
+    async def _recompute_user(self, *, offset: float | None = None,
+                              sign: int | None = None) -> None:
+        off = self.off.value if offset is None else offset
+        sg = self._sign if sign is None else sign
+        here, _ = self.axis.state(self.machine.now())
+        lo, hi = sg * self.dllm.value + off, sg * self.dhlm.value + off
+        await self.llm.write(min(lo, hi), verify_value=False)
+        await self.hlm.write(max(lo, hi), verify_value=False)
+        await self.val.write(sg * self.dval.value + off, verify_value=False)
+        await self.rbv.write(sg * here + off, verify_value=False)
+
+    @hlm.putter
+    async def hlm(self, instance, value):
+        await self._user_limit(float(value), high=True)
+        raise SkipWrite()
+
+    @llm.putter
+    async def llm(self, instance, value):
+        await self._user_limit(float(value), high=False)
+        raise SkipWrite()
+
+    async def _user_limit(self, value: float, *, high: bool) -> None:
+        if not math.isfinite(value):
+            raise ValueError(f"{self.prefix}: limit {value!r} is not a finite number")
+        dial = self._dial(value)
+        # with DIR = Neg the user high limit is the dial low limit
+        if high == (self._sign > 0):
+            await self.dhlm.write(dial, verify_value=False)
+        else:
+            await self.dllm.write(dial, verify_value=False)
+        await self._publish_limits()
+
+    @dhlm.putter
+    async def dhlm(self, instance, value):
+        return await self._dial_limit(instance, float(value))
+
+    @dllm.putter
+    async def dllm(self, instance, value):
+        return await self._dial_limit(instance, float(value))
+
+    async def _dial_limit(self, instance, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"{self.prefix}: limit {value!r} is not a finite number")
+        await instance.write(value, verify_value=False)
+        await self._publish_limits()
+        return value
+
+    @velo.putter
+    async def velo(self, instance, value):
+        self.axis.velocity = self._positive("VELO", value)
+        return self.axis.velocity
+
+    @accl.putter
+    async def accl(self, instance, value):
+        self.axis.accel_s = self._positive("ACCL", value)
+        return self.axis.accel_s
+
+    @bvel.putter
+    async def bvel(self, instance, value):
+        self.axis.bvel = self._positive("BVEL", value)
+        return self.axis.bvel
+
+    @bdst.putter
+    async def bdst(self, instance, value):
+        if not math.isfinite(value):
+            raise ValueError(f"{self.prefix}.BDST: {value!r} is not a finite number")
+        self.axis.bdst = float(value)
+        return value
+
+    @rdbd.putter
+    async def rdbd(self, instance, value):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{self.prefix}.RDBD must be finite and >= 0, got {value!r}")
+        return value
+
+    def _positive(self, field: str, value: float) -> float:
+        value = float(value)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{self.prefix}.{field} must be a finite number > 0, got {value!r}")
+        return value
