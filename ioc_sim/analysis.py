@@ -22,7 +22,8 @@ import numpy as np
 
 from twin.errors import ConfigError
 
-__all__ = ["FrameStats", "Roi", "frame_stats", "TriggerCondition", "EventTrigger"]
+__all__ = ["FrameStats", "Roi", "frame_stats", "counts_frame", "TriggerCondition",
+           "EventTrigger"]
 
 _NAN = float("nan")
 
@@ -77,6 +78,19 @@ class Roi:
         x1 = nx if self.size_x <= 0 else min(nx, x0 + int(self.size_x))
         y1 = ny if self.size_y <= 0 else min(ny, y0 + int(self.size_y))
         return slice(y0, y1), slice(x0, x1)
+
+
+def counts_frame(image_ph_s: np.ndarray, exposure_s: float) -> np.ndarray:
+    """A camera frame from a twin image: whole photon counts, float32, row 0 at the top.
+
+    Parameters
+    ----------
+    image_ph_s : ndarray
+        ``(ny, nx)`` photons/s per pixel, row 0 at the bottom (the twin's images).
+    exposure_s : float
+        Exposure, s.
+    """
+    return np.rint(np.clip(image_ph_s, 0.0, None) * exposure_s)[::-1].astype(np.float32)
 
 
 def _fwhm(profile: np.ndarray) -> float:

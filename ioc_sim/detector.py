@@ -3,7 +3,7 @@
 :class:`AreaDetector` serves ``{P}det:`` with areaDetector's names where they exist.
 Each frame is traced by the twin at the motors' positions at the start of the
 exposure, with photon (Poisson) noise for that exposure and the ring current
-at that instant, and readout noise. Frames are photon counts (int32, row 0 at
+at that instant, and readout noise. Frames are photon counts (float32, row 0 at
 the top, as a camera shows them).
 
 PVs (``r`` read-only, ``rw`` writable)
@@ -23,7 +23,7 @@ cam1 (the driver)
     ``cam1:PixelSizeX_RBV``, ``cam1:PixelSizeY_RBV`` (r, um),
     ``cam1:Model_RBV`` (r), ``cam1:StatusMessage_RBV`` (r).
 image1 (NDStdArrays)
-    ``image1:ArrayData`` (r, int32 counts, ArraySize0 x ArraySize1 values, row-major),
+    ``image1:ArrayData`` (r, float32 counts, ArraySize0 x ArraySize1 values, row-major),
     ``image1:ArraySize0_RBV``, ``image1:ArraySize1_RBV`` (r),
     ``image1:UniqueId_RBV`` (r, frame number of the published array).
 Stats1 (NDStats, on the whole frame or on ROI1 when it is enabled; pixels)
@@ -55,7 +55,14 @@ import numpy as np
 from caproto import SkipWrite
 from caproto.server import PVGroup
 
-from ioc_sim.analysis import TRIGGER_LABELS, EventTrigger, FrameStats, Roi, frame_stats
+from ioc_sim.analysis import (
+    TRIGGER_LABELS,
+    EventTrigger,
+    FrameStats,
+    Roi,
+    counts_frame,
+    frame_stats,
+)
 from ioc_sim.machine import SimulatedMachine
 from ioc_sim.pvs import array_pv, enum_pv, float_pv, int_pv, string_pv
 from twin.description import Detector
@@ -70,7 +77,7 @@ DETECTOR_STATES = ("Idle", "Acquire", "Readout", "Correct", "Saving", "Aborting"
 
 
 def detector_frame(obs: Observation, exposure_s: float) -> np.ndarray:
-    """The detector's frame in photon counts, int32, row 0 at the top.
+    """The detector's frame in photon counts (whole numbers, float32), row 0 at the top.
 
     The twin's image is photons/s per pixel with row 0 at the bottom; a frame
     holds the counts of one exposure, as a camera delivers them.
@@ -78,8 +85,7 @@ def detector_frame(obs: Observation, exposure_s: float) -> np.ndarray:
     image = obs.detector.image
     if image is None:  # pragma: no cover - a Detector always images
         raise ConfigError("the detector reading has no image")
-    counts = np.rint(np.clip(image, 0.0, None) * exposure_s)[::-1]
-    return np.clip(counts, 0, np.iinfo(np.int32).max).astype(np.int32)
+    return counts_frame(image, exposure_s)
 
 
 class AreaDetector(PVGroup):

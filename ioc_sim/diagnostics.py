@@ -9,7 +9,7 @@ BPM, screen and sample
     ``PosX_RBV``, ``PosY_RBV`` (r, beam centroid, um, x to the right looking
     downstream, y up), ``FWHMX_RBV``, ``FWHMY_RBV`` (r, um).
 screen and sample (a camera)
-    ``image:ArrayData`` (r, int32 counts per diagnostics cycle, row-major,
+    ``image:ArrayData`` (r, float32 counts per diagnostics cycle, row-major,
     row 0 at the top), ``image:ArraySize0_RBV``, ``image:ArraySize1_RBV`` (r),
     ``Stats:Total_RBV``, ``Stats:CentroidX_RBV``, ``Stats:CentroidY_RBV``,
     ``Stats:SigmaX_RBV``, ``Stats:SigmaY_RBV`` (r, counts and pixels).
@@ -37,10 +37,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from caproto.server import PVGroup
 
-from ioc_sim.analysis import frame_stats
+from ioc_sim.analysis import counts_frame, frame_stats
 from ioc_sim.machine import SimulatedMachine
 from ioc_sim.pvs import array_pv, enum_pv, float_pv, int_pv, string_pv
 from twin.description import BeamPositionMonitor, Element, IonChamber
@@ -102,8 +101,7 @@ class CameraPVs(PositionPVs):
 
     async def publish(self, reading: Reading, uid: int, exposure_s: float) -> None:  # noqa: D102
         if reading.image is not None:
-            counts = np.rint(np.clip(reading.image, 0, None) * exposure_s)[::-1]
-            frame = np.clip(counts, 0, np.iinfo(np.int32).max).astype(np.int32)
+            frame = counts_frame(reading.image, exposure_s)
             s = frame_stats(frame)
             await self.array_data.write(frame.ravel(), verify_value=False)  # type: ignore[attr-defined]
             for prop, value in ((self.total, s.total), (self.centroid_x, s.centroid_x),

@@ -150,6 +150,9 @@ class AxisMotion:
             if t < seg.t0 + seg.duration:
                 p, v = seg.state(t)
                 return self._clip_travel(p, v, t)
+            if not self.travel_low <= seg.end <= self.travel_high:
+                # the switch was reached before the segment's end
+                return self._clip_travel(seg.end, float(seg.direction), t)
             self.position = seg.end
             if seg.direction:
                 self.last_direction = seg.direction

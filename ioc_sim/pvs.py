@@ -45,12 +45,15 @@ def string_pv(name: str, doc: str, value: str = "", *, read_only: bool = True) -
 
 
 def array_pv(name: str, doc: str, length: int) -> pvproperty:
-    """A read-only int32 image of *length* pixels.
+    """A read-only float32 image of *length* pixels (areaDetector's Float32 data type).
+
+    Photon counts of a focused beam overflow an int32 pixel; float32 holds
+    whole counts exactly up to 2**24 and keeps 7 digits beyond.
 
     The monitor backlog is kept small (a slow client drops old frames rather
     than queueing hundreds of them).
     """
     backlog = int(min(100, max(2, _BACKLOG_ELEMENTS // length - 1)))
-    return pvproperty(name=name, value=np.zeros(length, dtype=np.int32), dtype=ChannelType.LONG,
+    return pvproperty(name=name, value=np.zeros(length, dtype=np.float32), dtype=ChannelType.FLOAT,
                       max_length=length, read_only=True, doc=doc,
                       max_subscription_backlog=backlog)

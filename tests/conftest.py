@@ -39,3 +39,20 @@ def mixed_desc():
     """A user's beamline with every deflection direction, a Gaussian source,
     a toroidal mirror, a CRL and a round aperture."""
     return load_preset(PRESETS / "mixed.toml")
+
+
+@pytest.fixture(scope="session")
+def ca_ports():
+    """Loopback CA ports for the IOC tests, and a client environment that finds only them.
+
+    Set before pyepics or ophyd first talk CA (libca reads it once).
+    """
+    from tests.ioc_harness import client_env, free_port
+
+    ports = []
+    while len(ports) < 3:
+        p = free_port()
+        if p not in ports:
+            ports.append(p)
+    os.environ.update(client_env(ports))
+    return ports
