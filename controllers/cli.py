@@ -13,6 +13,7 @@ Commands
 ``beamtwin twin info``      elements, motors and diagnostics of a beamline
 ``beamtwin twin trace``     trace a beamline state and report the beam
 ``beamtwin bench twin``     tracing speed
+``beamtwin bench ioc``      IOC analysis time, CA round trips, monitor rates
 ``beamtwin ioc``            serve the beamline as simulated EPICS IOCs
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -253,6 +255,44 @@ def bench_twin_cmd(preset: str | None, backend: str, rays: int | None, batch: in
             doc = bench_twin(desc, rays=rays or 10_000, backend=backend, repeats=repeats or 5,
                              motor=motor)
         _emit(as_json, doc, lambda: "\n".join(f"{k}: {v}" for k, v in doc.items()))
+
+    _run(as_json, body)
+
+
+@bench.command("ioc")
+@click.option("--round-trips", type=int, default=300, show_default=True,
+              help="put(wait)+get round trips per measurement.")
+@click.option("--monitor-s", type=float, default=3.0, show_default=True,
+              help="Seconds of monitor counting per server.")
+@json_option
+def bench_ioc_cmd(round_trips: int, monitor_s: float, as_json: bool) -> None:
+    """Frame-analysis time, CA round trips and monitor rates of the simulated IOCs
+    (beamtwin's CA server against caproto's stock one, in the same run)."""
+
+    def body() -> None:
+        from controllers.bench_ioc import bench_ioc
+
+        if round_trips < 10:
+            raise ConfigError(f"--round-trips must be >= 10, got {round_trips}")
+        if not (monitor_s > 0 and math.isfinite(monitor_s)):
+            raise ConfigError(f"--monitor-s must be a finite number > 0, got {monitor_s}")
+        doc = bench_ioc(round_trips=round_trips, monitor_s=monitor_s,
+                        progress=lambda msg: click.echo(f"bench ioc: {msg}", err=True))
+
+        def text() -> str:
+            rt, mon = doc["round_trip"], doc["monitor"]
+            lines = [f"frame statistics 1024x1024 float32: {doc['frame_stats_1024_ms']:.2f} ms "
+                     f"(goal {doc['goal_frame_stats_ms']} ms)"]
+            for s in ("stock", "nodelay", "beamtwin"):
+                lines.append(
+                    f"{s:>8}: put(wait)+get {rt[s]['put_wait_get_field']['median_ms']:.2f} ms, "
+                    f"null move {rt[s]['put_wait_get_null_move']['median_ms']:.2f} ms, "
+                    f"put->monitor {rt[s]['put_to_monitor']['median_ms']:.2f} ms, "
+                    f"1 kHz scalar received {mon[s]['scalar_received_hz']:.0f} Hz, 512x512 "
+                    f"image {mon[s]['image_received_hz']:.0f} Hz")
+            return "\n".join(lines)
+
+        _emit(as_json, doc, text)
 
     _run(as_json, body)
 

@@ -15,6 +15,7 @@ import time
 
 import click
 
+from ioc_sim.names import SERVER_NAMES
 from twin.cliutil import emit, jsonable, run_command
 from twin.errors import ConfigError
 from twin.presets import load_preset
@@ -43,11 +44,18 @@ __all__ = ["ioc_command"]
               help="CA server port [default: EPICS_CA_SERVER_PORT or 5064].")
 @click.option("--interface", "interfaces", multiple=True,
               help="Interface to bind; repeatable [default: all].")
+@click.option("--ca-server", type=click.Choice(list(SERVER_NAMES)),
+              default="beamtwin",
+              show_default=True,
+              help="beamtwin: TCP_NODELAY and low-latency monitors; stock: caproto's own "
+                   "server; nodelay: stock plus TCP_NODELAY (the last two to benchmark "
+                   "against).")
 @click.option("--list-pvs", is_flag=True, help="Print the PV table and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 def ioc_command(preset: str | None, prefix: str, backend: str, rays: int, misalign: float,
                 seed: int, disturbances: bool, noise: bool, diag_rate: float, port: int | None,
-                interfaces: tuple[str, ...], list_pvs: bool, as_json: bool) -> None:
+                interfaces: tuple[str, ...], ca_server: str, list_pvs: bool,
+                as_json: bool) -> None:
     """Serve the beamline twin as EPICS IOCs: motor records, undulator, machine,
     diagnostics and an area detector with online analysis."""
 
@@ -75,12 +83,12 @@ def ioc_command(preset: str | None, prefix: str, backend: str, rays: int, misali
                  lambda: "\n".join(f"{r.name:<45} {r.access:<2} {r.dtype:<7} {r.units:<6} "
                                    f"{r.doc}" for r in rows))
             return
-        _serve(ioc, desc.name, preset, interfaces, as_json)
+        _serve(ioc, desc.name, preset, interfaces, ca_server, as_json)
 
     run_command(as_json, body)
 
 
-def _serve(ioc, beamline: str, preset: str | None, interfaces: tuple[str, ...],
+def _serve(ioc, beamline: str, preset: str | None, interfaces: tuple[str, ...], server: str,
            as_json: bool) -> None:
     from ioc_sim.server import run_forever
 
@@ -92,7 +100,7 @@ def _serve(ioc, beamline: str, preset: str | None, interfaces: tuple[str, ...],
         doc = {"event": "ready", "prefix": ioc.prefix, "port": port, "pvs": len(ioc.pvdb),
                "motors": len(ioc.motors), "beamline": beamline, "preset": preset,
                "backend": cfg.backend, "rays": cfg.rays, "misalign": cfg.misalign,
-               "seed": cfg.seed, "pid": os.getpid()}
+               "seed": cfg.seed, "ca_server": server, "pid": os.getpid()}
         if as_json:
             click.echo(json.dumps(doc), nl=True)
         else:
@@ -100,7 +108,7 @@ def _serve(ioc, beamline: str, preset: str | None, interfaces: tuple[str, ...],
                        f"{ioc.prefix!r} on port {port} (backend {cfg.backend}, "
                        f"{cfg.rays} rays); Ctrl-C stops it")
 
-    run_forever(ioc, interfaces=list(interfaces) or None, on_ready=ready)
+    run_forever(ioc, interfaces=list(interfaces) or None, on_ready=ready, server=server)
     doc = {"event": "stopped", "prefix": ioc.prefix,
            "uptime_s": round(time.monotonic() - started, 3),
            "frames": int(ioc.detector.array_counter_rbv.value),

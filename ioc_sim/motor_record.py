@@ -325,7 +325,6 @@ class MotorRecord(PVGroup):
     async def _pulse_done(self) -> None:
         """A null move: DMOV goes 0 then 1, as the motor record does."""
         await self.dmov.write(0, verify_value=False)
-        await asyncio.sleep(0)
         if self._runner is None or self._runner.done():
             await self.dmov.write(1, verify_value=False)
             await _let_monitors_out()
@@ -350,15 +349,18 @@ class MotorRecord(PVGroup):
             self.log.warning("%s: %r outside soft limits [%r, %r]; not moving",
                              self.prefix, user_target, lo, hi)
             raise SkipWrite()  # VAL keeps its old value, no motion, the put completes
-        await self.lvio.write(0, verify_value=False)
+        if self.lvio.value != 0:
+            await self.lvio.write(0, verify_value=False)
         if self.cnen.value == 0 or self.spmg.value in ("Stop", "Pause"):
             await self.dval.write(self.axis.quantise(dial), verify_value=False)
             return self._user(self.axis.quantise(dial))
         here, _ = self.axis.state(self.machine.now())
         target = self.axis.quantise(dial)
-        await self.val.write(self._user(target), verify_value=False)
+        if self.val.value != self._user(target):
+            await self.val.write(self._user(target), verify_value=False)
         if target == here and not self.axis.segments:
-            await self.dval.write(target, verify_value=False)
+            if self.dval.value != target:
+                await self.dval.write(target, verify_value=False)
             await self._pulse_done()
         else:
             await self._start(target)

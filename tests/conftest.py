@@ -47,7 +47,7 @@ def ca_ports():
 
     Set before pyepics or ophyd first talk CA (libca reads it once).
     """
-    from tests.ioc_harness import client_env, free_port
+    from ioc_sim.process import client_env, free_port
 
     ports = []
     while len(ports) < 3:

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.ioc_harness import IocProcess, random_prefix
+from ioc_sim.process import IocProcess, random_prefix
 
 pytestmark = pytest.mark.ioc
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.ioc_harness import IocError, IocProcess, random_prefix
+from ioc_sim.process import IocError, IocProcess, random_prefix
 
 pytestmark = pytest.mark.ioc
 

@@ -1,4 +1,4 @@
-"""Start beamtwin IOCs in subprocesses for tests and benchmarks, and clean them up.
+"""Start beamtwin IOCs in subprocesses (tests, benchmarks, scripts) and clean them up.
 
 Each IOC gets its own CA port (two servers on one host must not share one),
 a random prefix, and is waited for until it prints its ``ready`` line; one
@@ -15,14 +15,17 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from twin.errors import BeamtwinError
+
+__all__ = ["IocError", "IocProcess", "free_port", "random_prefix", "client_env"]
 
 
-class IocError(RuntimeError):
+class IocError(BeamtwinError, RuntimeError):
     """An IOC that did not start, or did not stop cleanly."""
 
 
@@ -64,7 +67,7 @@ class IocProcess:
     args : list of str
         More ``beamtwin ioc`` options.
     module : str
-        What to run (``ioc_sim``, or ``ioc_sim.bench_server`` for benchmarks).
+        What to run: ``ioc_sim`` (the beamline), or ``ioc_sim.bench_server``.
     """
 
     def __init__(self, prefix: str, port: int, args: list[str] | None = None, *,
@@ -74,7 +77,9 @@ class IocProcess:
         self.module = module
         self.proc: subprocess.Popen[str] | None = None
         self.ready: dict[str, Any] | None = None
-        self._stderr_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"ioc-{prefix[:-1]}-{port}.err"
+        fd, name = tempfile.mkstemp(prefix="beamtwin-ioc-", suffix=".err")
+        os.close(fd)
+        self._stderr_path = Path(name)
 
     def start(self, timeout: float = 90.0) -> IocProcess:
         """Start and wait for the ready line; raise :class:`IocError` with stderr if none."""
@@ -84,7 +89,7 @@ class IocProcess:
         cmd = [sys.executable, "-m", self.module, "--prefix", self.prefix, "--port",
                str(self.port), "--interface", "127.0.0.1", "--json", *self.args]
         self._err = open(self._stderr_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                      stderr=self._err, text=True)
         deadline = time.monotonic() + timeout
         said: list[str] = []
