@@ -105,3 +105,36 @@ def test_twin_trace_fast_backend_gives_the_same_keys_and_numbers():
     assert b["flux"] == pytest.approx(a["flux"], rel=0.01)
     assert b["diagnostics"]["sample"]["centroid_x_um"] == pytest.approx(
         a["diagnostics"]["sample"]["centroid_x_um"], abs=0.05)
+
+
+def test_ioc_list_pvs_json(desc):
+    code, doc = run("ioc", "--prefix", "LP:", "--backend", "xrt", "--list-pvs", "--json")
+    assert code == 0 and doc["prefix"] == "LP:"
+    names = {p["name"] for p in doc["pvs"]}
+    assert {"LP:kb_v:pitch", "LP:kb_v:pitch.RBV", "LP:det:cam1:Acquire",
+            "LP:det:Trig1:Condition", "LP:machine:Shutter"} <= names
+    row = next(p for p in doc["pvs"] if p["name"] == "LP:kb_v:pitch.RBV")
+    assert row == {"name": "LP:kb_v:pitch.RBV", "access": "r", "dtype": "DOUBLE",
+                   "units": desc.motor("kb_v.pitch").units, "doc": "user readback"}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--prefix", "bad prefix"], "prefix"),
+    (["--port", "80"], "--port"),
+    (["--diag-rate", "100"], "rate"),
+    (["--misalign", "-1"], "misalign"),
+    (["--rays", "10"], "rays"),
+])
+def test_ioc_bad_options_exit_2_before_serving(args, needle):
+    code, doc = run("ioc", "--backend", "xrt", *args, "--json")
+    assert code == 2
+    assert needle in doc["error"] and doc["type"]
+
+
+def test_ioc_on_a_preset_the_fast_twin_cannot_trace_says_why(tmp_path):
+    from tests.conftest import PRESETS
+
+    code, doc = run("ioc", "--preset", str(PRESETS / "mixed.toml"), "--backend", "fast",
+                    "--list-pvs", "--json")
+    assert code == 2
+    assert "xrt" in doc["error"]
