@@ -7,6 +7,8 @@ Three measurements, each against a baseline taken in the same run:
 * **round trips**: pyepics put-with-completion followed by a get, on a motor
   record field (VELO, then RBV) and on a null move of VAL, against the beamline
   IOC served by beamtwin's CA server and by caproto's stock server;
+* **detector**: frames per second of a continuous acquisition over CA (each
+  frame traced by the twin, analysed and published);
 * **monitor rates**: a scalar posted at 1 kHz and a 512 x 512 float32 image
   posted at 1 kHz, received by a pyepics monitor.
 
@@ -114,6 +116,25 @@ def _round_trips(epics: Any, prefix: str, n: int) -> dict[str, Any]:
     return out
 
 
+def _detector_rate(epics: Any, prefix: str, duration_s: float) -> dict[str, Any]:
+    """Frames per second of a continuous acquisition with a 1 ms exposure."""
+    det = f"{prefix}det:cam1:"
+    for field, value in (("AcquireTime", 0.001), ("AcquirePeriod", 0.0),
+                         ("ImageMode", "Continuous")):
+        if epics.caput(det + field, value, wait=True, timeout=5) != 1:
+            raise RuntimeError(f"put to {det}{field} failed")
+    counter = epics.PV(det + "ArrayCounter_RBV", auto_monitor=False)
+    if not counter.wait_for_connection(timeout=10):
+        raise RuntimeError(f"{counter.pvname} did not connect")
+    epics.caput(det + "Acquire", 1, wait=False)
+    time.sleep(0.5)
+    n0, t0 = counter.get(), time.perf_counter()
+    time.sleep(duration_s)
+    n1, t1 = counter.get(), time.perf_counter()
+    epics.caput(det + "Acquire", 0, wait=True, timeout=5)
+    return {"frames_per_s": (n1 - n0) / (t1 - t0), "exposure_s": 0.001}
+
+
 def _monitor_rates(epics: Any, prefix: str, duration_s: float) -> dict[str, Any]:
     counts = {"scalar": 0, "image": 0}
     last = {"scalar": 0}
@@ -175,6 +196,10 @@ def bench_ioc(*, round_trips: int = 300, monitor_s: float = 3.0,
         with IocProcess(random_prefix(), ports[server][0],
                         [*_BEAMLINE_ARGS, "--ca-server", server]) as ioc:
             doc["round_trip"][server] = _round_trips(epics, ioc.prefix, round_trips)
+            if server == "beamtwin":
+                say("detector frame rate")
+                doc["detector"] = {**_detector_rate(epics, ioc.prefix, monitor_s),
+                                   "ioc_options": " ".join(_BEAMLINE_ARGS)}
         say(f"monitor rates, {server} server")
         with IocProcess(random_prefix(), ports[server][1], ["--ca-server", server],
                         module="ioc_sim.bench_server") as src:

@@ -99,8 +99,12 @@ def test_ophyd_epics_motor_moves_and_reports_done(ioc, epics, desc):
 def test_pyepics_motor_moves(ioc, epics):
     m = epics.Motor(f"{ioc.prefix}sample:y")
     start = m.get_position()
-    assert m.move(start + 1.5, wait=True, timeout=20) == 0
-    assert m.get_position(readback=True) == pytest.approx(start + 1.5)
+    for k in range(5):
+        target = start + 0.5 * (k + 1) * (-1) ** k
+        assert m.move(target, wait=True, timeout=20) == 0
+        # the monitored readback is already current when the put completes
+        assert m.get_position(readback=True) == pytest.approx(target)
+        assert m.DMOV == 1
     assert m.move(start, wait=True, timeout=20) == 0
 
 
