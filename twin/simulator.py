@@ -122,6 +122,15 @@ class TwinBeamline:
         self._moves += 1
         self._clock += duration
 
+    def ground_truth(self) -> Observation:
+        """The beam as it really is now: noise-free, at the mechanics' true positions.
+
+        For judging trials in simulation only; no real beamline offers it, so it is
+        not part of the :class:`~twin.protocol.MovableBeamline` protocol. It takes
+        no beamline time.
+        """
+        return self._observe(noise=False, exposure=self.desc.detector.exposure_s)
+
     def acquire(self, exposure_s: float | None = None) -> Observation:
         """Expose every diagnostic and the detector at the current clock."""
         exposure = exposure_s if exposure_s is not None else self.desc.detector.exposure_s
@@ -129,15 +138,19 @@ class TwinBeamline:
                 not math.isfinite(exposure) or exposure <= 0:
             raise NonFiniteError(f"exposure_s must be a finite number > 0, got {exposure_s!r}")
         self._clock += exposure
+        self._acquisitions += 1
+        return self._observe(noise=self._noise, exposure=exposure)
+
+    def _observe(self, *, noise: bool, exposure: float) -> Observation:
         physical = {n: v + self._lost[n] for n, v in self._commanded.items()}
         gap = None
         if self._gap_motor is not None:
             gap = physical[self._gap_motor] + self._hidden.offset(self._gap_motor)
         state = self._model.state(self._clock, gap, self._gap_direction, self._beam_lost)
-        self._acquisitions += 1
         return self._twin.trace(physical, hidden=self._hidden,
-                                seed=self._seed, disturbance=state, noise=self._noise,
-                                exposure_s=exposure, check_limits=False)
+                                seed=self._seed, disturbance=state, noise=noise,
+                                exposure_s=exposure, check_limits=False,
+                                noise_seed=self._seed + self._acquisitions)
 
     @property
     def time_s(self) -> float:

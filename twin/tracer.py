@@ -29,6 +29,7 @@ from twin.description import (
     Detector,
     Element,
     IonChamber,
+    SampleStage,
     _ImagingDiagnostic,
 )
 from twin.disturbances import DisturbanceState, nominal_current_mA
@@ -66,6 +67,28 @@ def _histogram2d(x: np.ndarray, y: np.ndarray, w: np.ndarray, nx: int, ny: int,
     inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
     flat = np.bincount(iy[inside] * nx + ix[inside], weights=w[inside], minlength=nx * ny)
     return flat.reshape(ny, nx)
+
+
+#: relative rms error of a knife-edge size measurement at the sample
+KNIFE_EDGE_SIZE_ERROR = 0.01
+
+
+def _knife_edge(s: BeamStats, rng: np.random.Generator, exposure: float) -> BeamStats:
+    """What knife-edge scans at the sample report: the beam's own statistics, with
+    photon noise on the flux, the centroid known to ``rms / sqrt(photons)`` and the
+    sizes to ``KNIFE_EDGE_SIZE_ERROR``."""
+    if not s.flux > 0:
+        return s
+    photons = float(rng.poisson(s.flux * exposure))
+    if photons <= 0:
+        return BeamStats(flux=0.0)
+    k = 1.0 / math.sqrt(photons)
+    size = 1.0 + KNIFE_EDGE_SIZE_ERROR * rng.standard_normal(4)
+    return BeamStats(flux=photons / exposure,
+                     centroid_x_um=s.centroid_x_um + s.rms_x_um * k * rng.standard_normal(),
+                     centroid_y_um=s.centroid_y_um + s.rms_y_um * k * rng.standard_normal(),
+                     fwhm_x_um=s.fwhm_x_um * size[0], fwhm_y_um=s.fwhm_y_um * size[1],
+                     rms_x_um=s.rms_x_um * size[2], rms_y_um=s.rms_y_um * size[3])
 
 
 def _make_backend(name: str, desc: BeamlineDescription, **options: Any) -> TraceBackend:
@@ -210,6 +233,10 @@ class Twin:
             if readout > 0:
                 counts += rng.normal(0.0, readout, counts.shape)
             noisy = counts / exposure
+            if isinstance(e, SampleStage):
+                # a nano-focus is measured by knife-edge scans, not by the camera's pixels
+                return Reading(e.name, e.kind, _knife_edge(beam_stats(x, y, w, fov), rng,
+                                                           exposure), noisy, extent)
             return Reading(e.name, e.kind, image_stats(noisy, extent), noisy, extent)
         if isinstance(e, BeamPositionMonitor):
             fov = (e.fov_mm * 1e3, e.fov_mm * 1e3)

@@ -1,0 +1,260 @@
+"""Running agents on seeded misaligned beamlines, trial by trial, on equal terms.
+
+:func:`run_trial` runs one agent on one :class:`~agents.problem.AlignmentProblem`
+and judges the beamline it leaves behind. :func:`stage_trial` builds that
+problem on a simulated beamline (:class:`~twin.simulator.TwinBeamline`) whose
+hidden errors sit on the stage's own motors, so that every agent meets the same
+beamlines for the same seeds. :func:`align` runs the progressive one-click
+alignment, stage after stage on one beamline.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from agents.objective import Judgement, Objective
+from agents.problem import AlignmentProblem, default_span
+from agents.safety import BudgetError, DivergenceError, SafetyConfig
+from agents.stages import STAGE_ORDER, Stage, stage, stages
+from twin.description import BeamlineDescription
+from twin.errors import ConfigError
+from twin.hidden import HiddenErrors
+from twin.observation import BeamStats
+from twin.protocol import MovableBeamline
+from twin.simulator import TwinBeamline
+from twin.tracer import Twin
+
+__all__ = ["Agent", "TrialResult", "run_trial", "stage_trial", "align", "ideal_references",
+           "BenchSettings", "References"]
+
+
+class Agent(Protocol):
+    """What every agent provides: a name and ``run(problem, rng) -> chosen point``."""
+
+    name: str
+
+    def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """The outcome of one trial, judged where the agent left the beamline.
+
+    Attributes
+    ----------
+    agent, stage, trial : str
+    success : bool
+    evaluations : int
+        Evaluations the agent used, the final measurement included.
+    budget : int
+    moves : int
+    beamline_time_s : float
+        Simulated beamline time: motor travel and exposures.
+    optimizer_s : float
+        Wall time the agent spent thinking (not moving or measuring).
+    final : dict
+        The final judgement (``fom``, ``flux_ratio``, ``fwhm_ratio``, ``offset_um``,
+        ``success``).
+    foms : list of float
+        Figure of merit after each evaluation (for convergence plots).
+    error : str or None
+        Why the trial ended early (divergence, budget), if it did.
+    """
+
+    agent: str
+    stage: str
+    trial: str
+    success: bool
+    evaluations: int
+    budget: int
+    moves: int
+    beamline_time_s: float
+    optimizer_s: float
+    final: dict[str, Any]
+    foms: list[float] = field(repr=False)
+    error: str | None = None
+
+    @property
+    def counted_evaluations(self) -> int:
+        """Evaluations for the statistics: a failed trial counts its whole budget."""
+        return self.evaluations if self.success else self.budget
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        d = asdict(self)
+        d.pop("foms")
+        return d
+
+
+def run_trial(agent: Agent, problem: AlignmentProblem, seed: int, *,
+              truth: Callable[[], Judgement] | None = None) -> TrialResult:
+    """Run *agent* on *problem* and judge the beamline it leaves behind.
+
+    Parameters
+    ----------
+    truth : callable, optional
+        Judges the beamline as it really is (in simulation: noise-free, against the
+        ideal beamline); default: the agent's own final measurement.
+    """
+    rng = np.random.default_rng(seed)
+    t_beam0 = problem.safe.time_s
+    t0 = time.perf_counter()
+    error = None
+    try:
+        u = agent.run(problem, rng)
+        final = problem.finish(u)
+        judgement = final.judgement
+    except DivergenceError as exc:
+        error = f"DivergenceError: {exc}"
+        judgement = _judge_now(problem)
+    except BudgetError as exc:
+        error = f"BudgetError: {exc}"
+        judgement = problem.history[-1].judgement if problem.history else _judge_now(problem)
+    wall = time.perf_counter() - t0
+    measured_fom = judgement.fom
+    if truth is not None:
+        judgement = truth()
+    final = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+             for k, v in asdict(judgement).items()}
+    final["measured_fom"] = measured_fom
+    return TrialResult(
+        agent=agent.name, stage=problem.stage.name, trial=problem.trial,
+        success=bool(judgement.success and error is None), evaluations=problem.evaluations,
+        budget=problem.budget, moves=problem.safe.moves,
+        beamline_time_s=problem.safe.time_s - t_beam0,
+        optimizer_s=max(wall - problem.eval_wall_s, 0.0),
+        final=final, foms=[e.fom for e in problem.history], error=error)
+
+
+def _judge_now(problem: AlignmentProblem) -> Judgement:
+    return problem.objective.judge(problem.safe.acquire(problem.exposure_s))
+
+
+def ideal_references(desc: BeamlineDescription, *, rays: int, seed: int = 0,
+                     backend: str = "xrt", noise: bool = False) -> dict[str, BeamStats]:
+    """Readings of every observation point on the ideal, aligned beamline.
+
+    With *noise*, as the noisy diagnostics measure it (pixelated cameras
+    included): the reference an agent compares its own measurements with.
+    Without, the true beam: the reference that judges success.
+    """
+    obs = Twin(desc, backend=backend, rays=rays).trace({}, seed=seed, noise=noise)
+    out = {n: r.stats for n, r in obs.diagnostics.items()}
+    out[obs.detector.name] = obs.detector.stats
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchSettings:
+    """How trials are simulated.
+
+    Parameters
+    ----------
+    rays : int
+        Rays per acquisition.
+    budget : int
+        Evaluations per stage.
+    misalign : float
+        Scale of the hidden errors (1: day one).
+    noise : bool
+        Detector and diagnostic noise.
+    disturbances : bool
+        Drift, vibration and the rest of the disturbance model.
+    backend : str
+        ``xrt`` or ``fast``.
+    span_sigmas : float
+        Search-box half-width, in units of each motor's typical misalignment.
+    """
+
+    rays: int = 5000
+    budget: int = 100
+    misalign: float = 1.0
+    noise: bool = True
+    disturbances: bool = False
+    backend: str = "xrt"
+    span_sigmas: float = 4.0
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+
+@dataclass(frozen=True)
+class References:
+    """The ideal beamline's readings: as measured (for agents) and true (for judging)."""
+
+    measured: dict[str, BeamStats]
+    true: dict[str, BeamStats]
+
+    @classmethod
+    def of(cls, desc: BeamlineDescription, settings: BenchSettings) -> References:
+        """Both references of *desc* at the settings' rays, backend and noise."""
+        true = ideal_references(desc, rays=settings.rays, backend=settings.backend)
+        measured = ideal_references(desc, rays=settings.rays, backend=settings.backend,
+                                    noise=True) if settings.noise else true
+        return cls(measured, true)
+
+
+def stage_trial(desc: BeamlineDescription, stage_name: str, agent: Agent, *, seed: int,
+                settings: BenchSettings, references: References | None = None
+                ) -> TrialResult:
+    """One trial of *agent* on *stage_name*, hidden errors on that stage's motors only.
+
+    The same *seed* gives every agent the same beamline (hidden errors, rays, noise).
+    Success is judged on the true beam the agent leaves behind.
+    """
+    st = stage(desc, stage_name)
+    refs = references or References.of(desc, settings)
+    full = HiddenErrors.draw(desc, settings.misalign, seed)
+    hidden = HiddenErrors({m: v for m, v in full.offsets.items() if m in st.motors},
+                          settings.misalign, seed)
+    bl = TwinBeamline(desc, hidden=hidden, seed=seed, backend=settings.backend,
+                      rays=settings.rays, noise=settings.noise,
+                      disturbances=settings.disturbances)
+    problem = AlignmentProblem(bl, st, Objective(st, refs.measured[st.diagnostic]),
+                               span=default_span(desc, st, settings.span_sigmas),
+                               budget=settings.budget, trial=f"{agent.name}-{stage_name}-{seed}",
+                               safety=settings.safety)
+    judge = Objective(st, refs.true[st.diagnostic])
+    return run_trial(agent, problem, seed, truth=lambda: judge.judge(bl.ground_truth()))
+
+
+def align(desc: BeamlineDescription, beamline: MovableBeamline,
+          agents: Callable[[Stage], Agent], *, stage_names: Sequence[str] | None = None,
+          settings: BenchSettings, references: References, seed: int,
+          progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Progressive alignment: each stage in order, on one beamline.
+
+    Returns the ``beamtwin align --json`` document (without ``ideal``/``final`` of
+    the whole beamline, which the caller measures).
+    """
+    available = stages(desc)
+    names = list(stage_names) if stage_names else [s for s in STAGE_ORDER if s in available]
+    for n in names:
+        if n not in available:
+            raise ConfigError(f"unknown alignment stage {n!r}; available: "
+                              f"{', '.join(available)}")
+    say = progress or (lambda m: None)
+    out = []
+    for k, n in enumerate(names):
+        st = available[n]
+        agent = agents(st)
+        say(f"stage {n} ({st.dof} DOF, judged at {st.diagnostic}) with {agent.name}")
+        problem = AlignmentProblem(beamline, st,
+                                   Objective(st, references.measured[st.diagnostic]),
+                                   span=default_span(desc, st, settings.span_sigmas),
+                                   budget=settings.budget, trial=f"align-{n}",
+                                   safety=settings.safety)
+        truth = None
+        if isinstance(beamline, TwinBeamline):
+            judge = Objective(st, references.true[st.diagnostic])
+            truth = (lambda j=judge: j.judge(beamline.ground_truth()))  # noqa: E731
+        res = run_trial(agent, problem, seed + k, truth=truth)
+        out.append({"stage": n, "agent": agent.name, "motors": list(st.motors),
+                    "diagnostic": st.diagnostic, **res.to_dict()})
+        say(f"  -> {'aligned' if res.success else 'NOT aligned'} in {res.evaluations} "
+            f"evaluations, fom {res.final['fom']:.3f}")
+    return {"stages": out}
