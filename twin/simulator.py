@@ -24,7 +24,7 @@ import numpy as np
 
 from twin.description import BeamlineDescription, Undulator
 from twin.disturbances import DisturbanceModel
-from twin.errors import NonFiniteError
+from twin.errors import ConfigError, NonFiniteError
 from twin.hidden import HiddenErrors
 from twin.observation import Observation
 from twin.protocol import MotorInfo
@@ -54,13 +54,18 @@ class TwinBeamline:
         Photon and readout noise on every acquisition.
     disturbances : bool
         False switches every disturbance off.
+    twin : Twin, optional
+        An existing twin of *desc* to trace with (its caches are shared; *backend*
+        and *rays* are then ignored). Environments reuse one across episodes.
     """
 
     def __init__(self, desc: BeamlineDescription, *, hidden: HiddenErrors | None = None,
                  seed: int = 0, backend: str = "xrt", rays: int = 10_000, noise: bool = True,
-                 disturbances: bool = True) -> None:
+                 disturbances: bool = True, twin: Twin | None = None) -> None:
         self.desc = desc
-        self._twin = Twin(desc, backend=backend, rays=rays)
+        if twin is not None and twin.desc is not desc:
+            raise ConfigError("the twin passed to TwinBeamline describes another beamline")
+        self._twin = twin if twin is not None else Twin(desc, backend=backend, rays=rays)
         self._hidden = hidden if hidden is not None else HiddenErrors.none()
         self._hidden.check(desc)
         self._seed = int(seed)

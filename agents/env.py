@@ -1,0 +1,379 @@
+"""Gymnasium environments for learning to align: ``beamtwin/Align-v0``.
+
+:class:`AlignEnv` is one simulated beamline (:class:`~twin.simulator.TwinBeamline`
+on the fast twin or on xrt) behind an :class:`~agents.problem.AlignmentProblem`,
+so every step goes through the safety layer exactly as a deployed agent's would.
+:class:`AlignVecEnv` steps many beamlines at once in one batched call of the
+fast twin, for training.
+
+Spaces and signals (both environments)
+--------------------------------------
+action
+    ``Box(-1, 1, (d,))``: a relative move of each stage motor, as a fraction of
+    ``max_step`` times the half-width of its search box (a bounded relative
+    move, capped well inside the safety layer's step cap).
+observation
+    ``Box(-inf, inf, (7 + d,))``, float32: what the stage's diagnostic reads,
+    normalised (flux relative to the reference, centroid in units of the
+    reference FWHM, log FWHM ratios, the figure of merit, whether any beam is
+    seen) and the motors' positions in the search box (``u``, from the encoders).
+reward
+    progress of the figure of merit, ``log(fom_t + 1e-3) - log(fom_{t-1} + 1e-3)``.
+terminated
+    the figure of merit stayed at or above ``stop_fom`` for ``success_steps`` steps.
+truncated
+    the step limit (``max_episode_steps``, a TimeLimit wrapper).
+
+Domain randomisation per episode, from the environment's own ``np_random``:
+hidden-error scale drawn from ``misalign`` (a float or a ``(low, high)`` range),
+with noise and motor imperfections (backlash) switched on with probabilities
+``p_noise`` and ``p_backlash``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents.objective import Judgement, Objective
+from agents.problem import AlignmentProblem, default_span
+from agents.safety import SafetyConfig
+from agents.stages import Stage, stage
+from twin.description import BeamlineDescription
+from twin.errors import ConfigError, NonFiniteError
+from twin.hidden import HiddenErrors
+from twin.observation import BeamStats
+from twin.presets import load_preset
+from twin.simulator import TwinBeamline
+from twin.tracer import Twin
+
+__all__ = ["AlignConfig", "AlignEnv", "AlignVecEnv", "observation_vector", "OBS_FEATURES"]
+
+#: readings features before the motor coordinates
+OBS_FEATURES = ("flux_ratio", "centroid_x", "centroid_y", "log_fwhm_x", "log_fwhm_y", "fom",
+                "beam_seen")
+_EPS = 1e-3
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlignConfig:
+    """Settings of an alignment environment.
+
+    Parameters
+    ----------
+    stage : str
+        ``m1``, ``mono``, ``slits``, ``kb``, ``sample`` or ``full``.
+    preset : str, optional
+        Beamline TOML (default: the built-in beamline).
+    backend : str
+        ``fast`` (default) or ``xrt`` (for validation).
+    rays : int
+    max_step : float
+        Largest move per step, as a fraction of each motor's search half-width.
+    misalign : float or (float, float)
+        Hidden-error scale, or the range it is drawn from per episode.
+    p_noise, p_backlash : float
+        Probability that an episode has detector noise / motor backlash.
+    stop_fom : float
+        Figure of merit that counts as aligned.
+    success_steps : int
+        Steps the figure of merit must stay aligned for ``terminated``.
+    span_sigmas : float
+        Search-box half-width in units of each motor's typical misalignment.
+    max_steps : int
+        Steps per episode (``truncated`` after them).
+    """
+
+    stage: str = "kb"
+    preset: str | None = None
+    backend: str = "fast"
+    rays: int = 1000
+    max_step: float = 0.2
+    misalign: float | tuple[float, float] = (0.5, 1.5)
+    p_noise: float = 1.0
+    p_backlash: float = 0.5
+    stop_fom: float = 0.9
+    success_steps: int = 2
+    span_sigmas: float = 4.0
+    max_steps: int = 50
+
+    def __post_init__(self) -> None:
+        if not (0 < self.max_step <= 1):
+            raise ConfigError(f"max_step must be within (0, 1], got {self.max_step!r}")
+        lo, hi = self.misalign_range
+        if not (0 <= lo <= hi and math.isfinite(hi)):
+            raise ConfigError(f"misalign must be >= 0 (or a range low <= high), got "
+                              f"{self.misalign!r}")
+        for name in ("p_noise", "p_backlash"):
+            p = getattr(self, name)
+            if not 0 <= p <= 1:
+                raise ConfigError(f"{name} must be a probability in [0, 1], got {p!r}")
+        if self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps!r}")
+        if self.success_steps < 1:
+            raise ConfigError(f"success_steps must be >= 1, got {self.success_steps!r}")
+
+    @property
+    def misalign_range(self) -> tuple[float, float]:
+        """(low, high) of the hidden-error scale."""
+        m = self.misalign
+        return (float(m), float(m)) if isinstance(m, (int, float)) else (float(m[0]),
+                                                                         float(m[1]))
+
+
+def observation_vector(j: Judgement, s: BeamStats, ref: BeamStats, u: np.ndarray) -> np.ndarray:
+    """The observation of the module docstring, float32."""
+    seen = s.flux > 0
+    w = 0.5 * (ref.fwhm_x_um + ref.fwhm_y_um) if math.isfinite(ref.fwhm_x_um) else 1.0
+
+    def cen(v: float, r: float) -> float:
+        return float(np.clip((v - r) / w, -20, 20)) if math.isfinite(v) and math.isfinite(r) \
+            else 0.0
+
+    def lw(v: float, r: float) -> float:
+        return float(np.clip(math.log(v / r), -5, 5)) if (math.isfinite(v) and v > 0
+                                                           and r > 0) else 5.0
+
+    feats = [min(j.flux_ratio, 5.0), cen(s.centroid_x_um, ref.centroid_x_um),
+             cen(s.centroid_y_um, ref.centroid_y_um), lw(s.fwhm_x_um, ref.fwhm_x_um),
+             lw(s.fwhm_y_um, ref.fwhm_y_um), min(j.fom, 5.0), float(bool(seen))]
+    return np.concatenate([np.asarray(feats, dtype=np.float32),
+                           np.asarray(u, dtype=np.float32)])
+
+
+def _reward(fom_new: float, fom_old: float) -> float:
+    return float(math.log(fom_new + _EPS) - math.log(fom_old + _EPS))
+
+
+class AlignEnv(gym.Env):
+    """One simulated beamline to align (see the module docstring).
+
+    Parameters
+    ----------
+    config : AlignConfig, optional
+    **overrides
+        Fields of :class:`AlignConfig` (``gym.make("beamtwin/Align-v0", stage="mono")``).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config: AlignConfig | None = None, **overrides: Any) -> None:
+        cfg = AlignConfig(**{**(config.__dict__ if config else {}), **overrides})
+        self.config = cfg
+        self.desc: BeamlineDescription = load_preset(cfg.preset)
+        self.stage: Stage = stage(self.desc, cfg.stage)
+        self._twin = Twin(self.desc, backend=cfg.backend, rays=cfg.rays)
+        ideal = self._twin.trace({}, seed=0)
+        self._ref_true = ideal.reading(self.stage.diagnostic).stats
+        self._ref_noisy = self._twin.trace({}, seed=0, noise=True).reading(
+            self.stage.diagnostic).stats
+        self._span = default_span(self.desc, self.stage, cfg.span_sigmas)
+        d = self.stage.dof
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (d,), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (len(OBS_FEATURES) + d,),
+                                                dtype=np.float32)
+        self.problem: AlignmentProblem | None = None
+        self.beamline: TwinBeamline | None = None
+        self._u = np.zeros(d)
+        self._fom = 0.0
+        self._aligned = 0
+        self._ref = self._ref_true
+
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """A new misaligned beamline; options ``{"misalign": float}`` fixes the scale."""
+        super().reset(seed=seed)
+        rng = self.np_random
+        lo, hi = self.config.misalign_range
+        scale = float((options or {}).get("misalign", rng.uniform(lo, hi)))
+        episode_seed = int(rng.integers(0, 2**31 - 1))
+        noise = bool(rng.random() < self.config.p_noise)
+        backlash = bool(rng.random() < self.config.p_backlash)
+        full = HiddenErrors.draw(self.desc, scale, episode_seed)
+        hidden = HiddenErrors({m: v for m, v in full.offsets.items() if m in self.stage.motors},
+                              scale, episode_seed)
+        self.beamline = TwinBeamline(self.desc, hidden=hidden, seed=episode_seed, noise=noise,
+                                     disturbances=backlash, twin=self._twin)
+        self._ref = self._ref_noisy if noise else self._ref_true
+        self.problem = AlignmentProblem(
+            self.beamline, self.stage, Objective(self.stage, self._ref), span=self._span,
+            budget=10**9, trial=f"env-{episode_seed}",
+            safety=SafetyConfig(step_cap=max(self.config.max_step, 0.05) / 2 + 1e-9,
+                                max_moves=10**9, divergence_ratio=1e-12,
+                                divergence_count=10**9))
+        ev = self.problem.observe_start()
+        self._u, self._fom, self._aligned = ev.u.copy(), ev.fom, 0
+        obs = observation_vector(ev.judgement, ev.observation.reading(
+            self.stage.diagnostic).stats, self._ref, self._u)
+        return obs, self._info(ev.judgement, scale)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Move by *action* (clipped to the action space), observe, reward progress."""
+        if self.problem is None:
+            raise ConfigError("call reset() before step()")
+        a = np.asarray(action, dtype=float).reshape(-1)
+        if a.shape != (self.stage.dof,):
+            raise ConfigError(f"action must have shape ({self.stage.dof},), got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise NonFiniteError(f"action {a.tolist()} is not finite; nothing moved")
+        a = np.clip(a, -1.0, 1.0)
+        target = np.clip(self._u + self.config.max_step * a, -1.0, 1.0)
+        ev = self.problem.evaluate(target)
+        reward = _reward(ev.fom, self._fom)
+        self._u, self._fom = ev.u.copy(), ev.fom
+        self._aligned = self._aligned + 1 if ev.fom >= self.config.stop_fom else 0
+        terminated = self._aligned >= self.config.success_steps
+        obs = observation_vector(ev.judgement, ev.observation.reading(
+            self.stage.diagnostic).stats, self._ref, self._u)
+        return obs, reward, terminated, False, self._info(ev.judgement)
+
+    def _info(self, j: Judgement, scale: float | None = None) -> dict[str, Any]:
+        info: dict[str, Any] = {"fom": j.fom, "flux_ratio": j.flux_ratio,
+                                "beamline_time_s": self.beamline.time_s if self.beamline
+                                else 0.0, "evaluations": self.problem.evaluations
+                                if self.problem else 0}
+        if scale is not None:
+            info["misalign"] = scale
+        return info
+
+    def true_success(self) -> bool:
+        """Whether the true beam (noise-free) meets the success criterion (simulation only)."""
+        if self.beamline is None:
+            return False
+        return Objective(self.stage, self._ref_true).judge(self.beamline.ground_truth()).success
+
+
+class AlignVecEnv(gym.vector.VectorEnv):
+    """``num_envs`` beamlines aligned at once, traced in one batched fast-twin call.
+
+    Same spaces, rewards and termination as :class:`AlignEnv` (noise: photon and
+    knife-edge noise on the readings; no motor travel time, no backlash).
+    Sub-environments that end are reset automatically on the next step.
+    """
+
+    metadata = {"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int = 16, config: AlignConfig | None = None,
+                 **overrides: Any) -> None:
+        from twin.fast import FastTwin
+
+        steps = overrides.pop("max_episode_steps", None)  # gym.make_vec passes the spec's
+        if steps is not None and "max_steps" not in overrides:
+            overrides["max_steps"] = int(steps)
+        cfg = AlignConfig(**{**(config.__dict__ if config else {}), **overrides})
+        self.config = cfg
+        self.num_envs = int(num_envs)
+        self.desc = load_preset(cfg.preset)
+        self.stage = stage(self.desc, cfg.stage)
+        self.ft = FastTwin(self.desc, rays=cfg.rays)
+        names = self.ft.motor_names
+        self._cols = [names.index(m) for m in self.stage.motors]
+        design = self.desc.design_positions()
+        self._design = torch.tensor([design[n] for n in names], dtype=self.ft.dtype)
+        span = default_span(self.desc, self.stage, cfg.span_sigmas)
+        self._span = np.array([span[m] for m in self.stage.motors])
+        lims = [(self.desc.motor(m).low, self.desc.motor(m).high) for m in self.stage.motors]
+        x0 = np.array([design[m] for m in self.stage.motors])
+        self._lo = np.maximum(x0 - self._span, [lo for lo, _ in lims])
+        self._hi = np.minimum(x0 + self._span, [hi for _, hi in lims])
+        ideal = self.ft.to_numpy(self.ft.observe(self._design[None, :]))[self.stage.diagnostic]
+        self._ref = BeamStats(**{k: float(v[0]) for k, v in ideal.items()})
+        self._objective = Objective(self.stage, self._ref)
+        d = self.stage.dof
+        self.single_action_space = gym.spaces.Box(-1.0, 1.0, (d,), dtype=np.float32)
+        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf,
+                                                       (len(OBS_FEATURES) + d,),
+                                                       dtype=np.float32)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space,
+                                                         self.num_envs)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space,
+                                                              self.num_envs)
+        self._hidden = torch.zeros(self.num_envs, len(names), dtype=self.ft.dtype)
+        self._u = np.zeros((self.num_envs, d))
+        self._fom = np.zeros(self.num_envs)
+        self._aligned = np.zeros(self.num_envs, dtype=int)
+        self._noise = np.ones(self.num_envs, dtype=bool)
+        self._steps = np.zeros(self.num_envs, dtype=int)
+        self._needs_reset = np.zeros(self.num_envs, dtype=bool)
+        self._rng = np.random.default_rng()
+
+    # ------------------------------------------------------------------ helpers
+    def _draw(self, i: int) -> None:
+        lo, hi = self.config.misalign_range
+        scale = float(self._rng.uniform(lo, hi))
+        seed = int(self._rng.integers(0, 2**31 - 1))
+        full = HiddenErrors.draw(self.desc, scale, seed)
+        row = torch.zeros(len(self.ft.motor_names), dtype=self.ft.dtype)
+        for m in self.stage.motors:
+            row[self.ft.motor_names.index(m)] = full.offset(m)
+        self._hidden[i] = row
+        x0 = np.array([self.desc.motor(m).position for m in self.stage.motors])
+        self._u[i] = 2.0 * (x0 - self._lo) / (self._hi - self._lo) - 1.0
+        self._noise[i] = bool(self._rng.random() < self.config.p_noise)
+        self._aligned[i] = 0
+        self._steps[i] = 0
+
+    def _observe(self) -> tuple[np.ndarray, list[Judgement]]:
+        x = self._lo + (self._u + 1.0) * 0.5 * (self._hi - self._lo)
+        pos = self._design.repeat(self.num_envs, 1)
+        pos[:, self._cols] = torch.as_tensor(x, dtype=self.ft.dtype)
+        with torch.no_grad():
+            out = self.ft.to_numpy(self.ft.observe(pos, self._hidden))[self.stage.diagnostic]
+        obs, judged = [], []
+        keys = ("flux", "centroid_x_um", "centroid_y_um", "fwhm_x_um", "fwhm_y_um",
+                "rms_x_um", "rms_y_um")
+        for i in range(self.num_envs):
+            s = BeamStats(**{k: float(out[k][i]) if k in out else math.nan for k in keys})
+            if self._noise[i] and s.flux > 0:
+                k = 1e-3  # relative photon noise of a 0.1 s exposure at ~1e12 ph/s and more
+                g = self._rng.standard_normal(3)
+                s = BeamStats(flux=s.flux * (1 + k * g[0]), centroid_x_um=s.centroid_x_um,
+                              centroid_y_um=s.centroid_y_um,
+                              fwhm_x_um=s.fwhm_x_um * (1 + 0.01 * g[1]),
+                              fwhm_y_um=s.fwhm_y_um * (1 + 0.01 * g[2]),
+                              rms_x_um=s.rms_x_um, rms_y_um=s.rms_y_um)
+            j = self._objective.judge_stats(s)
+            judged.append(j)
+            obs.append(observation_vector(j, s, self._ref, self._u[i]))
+        return np.stack(obs), judged
+
+    # ------------------------------------------------------------------ API
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Every sub-environment gets a new misaligned beamline."""
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        for i in range(self.num_envs):
+            self._draw(i)
+        obs, judged = self._observe()
+        self._fom = np.array([j.fom for j in judged])
+        self._needs_reset[:] = False
+        return obs, {"fom": self._fom.copy()}
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                 np.ndarray, dict[str, Any]]:
+        """Move every sub-environment by its action; reset those that ended last step."""
+        a = np.asarray(actions, dtype=float).reshape(self.num_envs, self.stage.dof)
+        if not np.all(np.isfinite(a)):
+            raise NonFiniteError("actions contain NaN or inf; nothing moved")
+        a = np.clip(a, -1.0, 1.0)
+        reset_now = self._needs_reset.copy()
+        for i in np.flatnonzero(reset_now):
+            self._draw(i)
+        self._u = np.where(reset_now[:, None], self._u,
+                           np.clip(self._u + self.config.max_step * a, -1.0, 1.0))
+        obs, judged = self._observe()
+        fom = np.array([j.fom for j in judged])
+        reward = np.where(reset_now, 0.0, np.log(fom + _EPS) - np.log(self._fom + _EPS))
+        self._aligned = np.where(fom >= self.config.stop_fom, self._aligned + 1, 0)
+        self._steps = np.where(reset_now, 0, self._steps + 1)
+        terminated = (self._aligned >= self.config.success_steps) & ~reset_now
+        truncated = (self._steps >= self.config.max_steps) & ~terminated & ~reset_now
+        self._fom = fom
+        self._needs_reset = terminated | truncated
+        return obs, reward.astype(np.float64), terminated, truncated, {"fom": fom}
