@@ -103,7 +103,10 @@ class NelderMeadAgent:
 
     def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray:
         """Align; returns the chosen point."""
-        start = problem.observe_start()
+        return self.continue_from(problem, problem.observe_start())
+
+    def continue_from(self, problem: AlignmentProblem, start: Evaluation) -> np.ndarray:
+        """Search from an evaluation already made (other agents refine with it)."""
         best: list[Evaluation] = [start]
 
         def fun(u: np.ndarray) -> float:

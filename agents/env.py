@@ -13,7 +13,7 @@ action
     ``max_step`` times the half-width of its search box (a bounded relative
     move, capped well inside the safety layer's step cap).
 observation
-    ``Box(-inf, inf, (7 + d,))``, float32: what the stage's diagnostic reads,
+    ``Box(-20, 20, (7 + d,))``, float32: what the stage's diagnostic reads,
     normalised (flux relative to the reference, centroid in units of the
     reference FWHM, log FWHM ratios, the figure of merit, whether any beam is
     seen) and the motors' positions in the search box (``u``, from the encoders).
@@ -58,6 +58,8 @@ __all__ = ["AlignConfig", "AlignEnv", "AlignVecEnv", "observation_vector", "OBS_
 OBS_FEATURES = ("flux_ratio", "centroid_x", "centroid_y", "log_fwhm_x", "log_fwhm_y", "fom",
                 "beam_seen")
 _EPS = 1e-3
+#: every feature is clipped inside this bound
+OBS_BOUND = 20.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,8 +85,9 @@ class AlignConfig:
         Figure of merit that counts as aligned.
     success_steps : int
         Steps the figure of merit must stay aligned for ``terminated``.
-    span_sigmas : float
-        Search-box half-width in units of each motor's typical misalignment.
+    span_sigmas : float, optional
+        Search-box half-width in units of each motor's typical misalignment
+        (default: each stage's own).
     max_steps : int
         Steps per episode (``truncated`` after them).
     """
@@ -99,7 +102,7 @@ class AlignConfig:
     p_backlash: float = 0.5
     stop_fom: float = 0.9
     success_steps: int = 2
-    span_sigmas: float = 4.0
+    span_sigmas: float | None = None
     max_steps: int = 50
 
     def __post_init__(self) -> None:
@@ -175,8 +178,8 @@ class AlignEnv(gym.Env):
         self._span = default_span(self.desc, self.stage, cfg.span_sigmas)
         d = self.stage.dof
         self.action_space = gym.spaces.Box(-1.0, 1.0, (d,), dtype=np.float32)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (len(OBS_FEATURES) + d,),
-                                                dtype=np.float32)
+        self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND,
+                                                (len(OBS_FEATURES) + d,), dtype=np.float32)
         self.problem: AlignmentProblem | None = None
         self.beamline: TwinBeamline | None = None
         self._u = np.zeros(d)
@@ -241,6 +244,17 @@ class AlignEnv(gym.Env):
             info["misalign"] = scale
         return info
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the configuration and the RNG state; the twin is rebuilt on load."""
+        return {"config": self.config, "np_random_state":
+                self._np_random.bit_generator.state if self._np_random is not None else None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["config"])  # type: ignore[misc]
+        if state["np_random_state"] is not None:
+            self._np_random = np.random.Generator(np.random.PCG64())
+            self._np_random.bit_generator.state = state["np_random_state"]
+
     def true_success(self) -> bool:
         """Whether the true beam (noise-free) meets the success criterion (simulation only)."""
         if self.beamline is None:
@@ -286,7 +300,7 @@ class AlignVecEnv(gym.vector.VectorEnv):
         self._objective = Objective(self.stage, self._ref)
         d = self.stage.dof
         self.single_action_space = gym.spaces.Box(-1.0, 1.0, (d,), dtype=np.float32)
-        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf,
+        self.single_observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND,
                                                        (len(OBS_FEATURES) + d,),
                                                        dtype=np.float32)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space,

@@ -168,8 +168,9 @@ class BenchSettings:
         Drift, vibration and the rest of the disturbance model.
     backend : str
         ``xrt`` or ``fast``.
-    span_sigmas : float
-        Search-box half-width, in units of each motor's typical misalignment.
+    span_sigmas : float, optional
+        Search-box half-width, in units of each motor's typical misalignment
+        (default: each stage's own).
     """
 
     rays: int = 5000
@@ -178,7 +179,7 @@ class BenchSettings:
     noise: bool = True
     disturbances: bool = False
     backend: str = "xrt"
-    span_sigmas: float = 4.0
+    span_sigmas: float | None = None
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 

@@ -13,11 +13,12 @@ the figure by 16 instead of leaving it unchanged.
 Goals (see :class:`agents.stages.Stage`):
 
 ``flux``    ``T * c``
-``centre``  ``T * c * exp(-d^2 / 2 d0^2)``, ``d`` the centroid's distance from the
-            reference centroid and ``d0`` half the reference FWHM
+``centre``  ``T * c / (1 + d^2 / d0^2)``, ``d`` the centroid's distance from the
+            reference centroid and ``d0`` half the reference FWHM (a Lorentzian: its
+            long tail leaves a slope towards the target from far away)
 ``focus``   ``B * c``, with the brightness ``B = T * (Wx Wy)_ref / (Wx Wy)``
             (W: FWHM)
-``target``  ``focus * exp(-d^2 / 2 d0^2)``, the beam on the sample's origin
+``target``  ``focus / (1 + d^2 / d0^2)``, the beam on the sample's origin
 
 Success (the issue's criterion, hidden from agents): ``T >= 0.9`` and, for
 ``focus`` and ``target``, both FWHM within 1.1x the reference; for ``centre``
@@ -97,7 +98,8 @@ class Objective:
         d0 = max(0.5 * ref_w, 0.25) if math.isfinite(ref_w) else math.inf
         place = 1.0
         if goal in ("centre", "target"):
-            place = math.exp(-0.5 * (offset / d0) ** 2) if math.isfinite(offset) else 0.0
+            # Lorentzian: a long tail keeps a slope towards the target from far away
+            place = 1.0 / (1.0 + (offset / d0) ** 2) if math.isfinite(offset) else 0.0
         wr = math.nan
         if (_finite(s.fwhm_x_um) and _finite(s.fwhm_y_um) and s.fwhm_x_um > 0
                 and s.fwhm_y_um > 0 and ref.fwhm_x_um > 0 and ref.fwhm_y_um > 0):

@@ -17,7 +17,6 @@ counts as an evaluation.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,11 +38,11 @@ SPAN_SIGMAS = 4.0
 
 
 def default_span(desc: BeamlineDescription, stage: Stage,
-                 sigmas: float = SPAN_SIGMAS) -> dict[str, float]:
-    """Half-width of each stage motor's search box: *sigmas* x its typical misalignment.
-
-    A motor without a typical misalignment gets 5 % of its range.
+                 sigmas: float | None = None) -> dict[str, float]:
+    """Half-width of each stage motor's search box: *sigmas* (default: the stage's own)
+    times its typical misalignment. A motor without one gets 5 % of its range.
     """
+    sigmas = stage.span_sigmas if sigmas is None else sigmas
     out = {}
     for name in stage.motors:
         m = desc.motor(name)
@@ -67,6 +66,9 @@ class Evaluation:
     observation : Observation
     moves : int
         Moves this evaluation took (capped steps).
+    readbacks : dict of str to float
+        Readbacks of every motor of the beamline after the move (upstream stages
+        included), motor units.
     """
 
     trial_id: str
@@ -75,6 +77,7 @@ class Evaluation:
     judgement: Judgement
     observation: Observation = field(repr=False)
     moves: int = 1
+    readbacks: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
     def fom(self) -> float:
@@ -200,9 +203,9 @@ class AlignmentProblem:
         obs = self.safe.acquire(self.exposure_s)
         self.eval_wall_s += time.perf_counter() - t0
         j = self.objective.judge(obs)
+        readbacks = self.safe.positions()
         ev = Evaluation(f"{self.trial}/{self.evaluations + 1}", u.copy(),
-                        {m: obs.positions.get(m, math.nan) for m in self.stage.motors}, j, obs,
-                        moves)
+                        {m: readbacks[m] for m in self.stage.motors}, j, obs, moves, readbacks)
         self.history.append(ev)
         self._watch(j.fom)
         return ev

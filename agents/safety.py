@@ -192,20 +192,29 @@ class SafeBeamline:
         self.inner.move(dict(targets))
 
     def move_stepwise(self, targets: Mapping[str, float]) -> int:
-        """Move in as many capped steps as needed; returns the number of moves."""
-        here = self.inner.positions()
-        steps = 1
-        for name, value in targets.items():
-            if name in self._envelope and isinstance(value, (int, float)) and \
-                    math.isfinite(value):
-                steps = max(steps, math.ceil(abs(value - here[name]) / self.step_cap(name)
-                                             - 1e-9))
-        start = {n: here[n] for n in targets if n in here}
-        for k in range(1, steps + 1):
-            f = k / steps
-            self.move({n: (start[n] + f * (v - start[n]) if k < steps else v)
-                       if n in start else v for n, v in targets.items()})
-        return steps
+        """Move in as many capped steps as needed; returns the number of moves.
+
+        Each step starts from the readback, so motor-step rounding of the
+        intermediate positions never makes the last step longer than the cap.
+        """
+        moves = 0
+        for _ in range(10_000):
+            here = self.inner.positions()
+            step: dict[str, float] = {}
+            for name, value in targets.items():
+                if name not in self._envelope or not isinstance(value, (int, float)) or \
+                        isinstance(value, bool) or not math.isfinite(value):
+                    step[name] = value  # move() refuses it with the right error
+                    continue
+                reach = 0.999 * self.step_cap(name)
+                delta = value - here[name]
+                step[name] = value if abs(delta) <= reach else here[name] + math.copysign(
+                    reach, delta)
+            self.move(step)
+            moves += 1
+            if all(step[n] == v for n, v in targets.items()):
+                return moves
+        raise BudgetError("move_stepwise did not converge in 10000 steps")  # pragma: no cover
 
     def return_to_safe(self) -> None:
         """Every axis this run may move goes back to where the run started."""

@@ -66,12 +66,17 @@ class Stage:
         ``centre``: full flux with the beam on the design axis; ``flux``: full
         flux; ``focus``: flux per spot area (brightness); ``target``: focus with
         the beam on the sample's origin.
+    span_sigmas : float
+        Half-width of the search box, in units of each motor's typical
+        misalignment. The sample stage searches wider: after the KB is aligned
+        the focus sits wherever the KB's own errors put it, tens of um away.
     """
 
     name: str
     motors: tuple[str, ...]
     diagnostic: str
     goal: Goal
+    span_sigmas: float = 4.0
 
     @property
     def dof(self) -> int:
@@ -129,7 +134,7 @@ def stages(desc: BeamlineDescription) -> dict[str, Stage]:
         s_motors = _motors(sample, ("x", "y", "z"))
         if s_motors:
             out["sample"] = Stage(name="sample", motors=tuple(s_motors),
-                                  diagnostic=sample.name, goal="target")
+                                  diagnostic=sample.name, goal="target", span_sigmas=12.0)
         every = [m for name in STAGE_ORDER if name in out for m in out[name].motors]
         if every:
             out["full"] = Stage(name="full", motors=tuple(dict.fromkeys(every)),

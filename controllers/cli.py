@@ -15,6 +15,8 @@ Commands
 ``beamtwin bench twin``     tracing speed
 ``beamtwin bench ioc``      IOC analysis time, CA round trips, monitor rates
 ``beamtwin ioc``            serve the beamline as simulated EPICS IOCs
+``beamtwin align``          one-click progressive alignment of a simulated beamline
+``beamtwin bench align``    alignment agents on equal terms
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -290,6 +293,144 @@ def bench_ioc_cmd(round_trips: int, monitor_s: float, as_json: bool) -> None:
                     f"put->monitor {rt[s]['put_to_monitor']['median_ms']:.2f} ms, "
                     f"1 kHz scalar received {mon[s]['scalar_received_hz']:.0f} Hz, 512x512 "
                     f"image {mon[s]['image_received_hz']:.0f} Hz")
+            return "\n".join(lines)
+
+        _emit(as_json, doc, text)
+
+    _run(as_json, body)
+
+
+def _bench_settings(rays: int, budget: int, misalign: float, backend: str,
+                    noise: bool) -> Any:
+    from agents.harness import BenchSettings
+
+    if isinstance(budget, bool) or budget < 2:
+        raise ConfigError(f"--budget must be an integer >= 2, got {budget}")
+    if not (math.isfinite(misalign) and misalign >= 0):
+        raise ConfigError(f"--misalign must be a finite number >= 0, got {misalign}")
+    if rays < 100:
+        raise ConfigError(f"--rays must be >= 100, got {rays}")
+    return BenchSettings(rays=rays, budget=budget, misalign=misalign, backend=backend,
+                         noise=noise)
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ConfigError(f"expected a comma-separated list, got {value!r}")
+    return items
+
+
+align_options = [
+    click.option("--seed", type=int, default=0, show_default=True,
+                 help="Seeds the hidden errors, rays and noise (trial k uses seed + k)."),
+    click.option("--misalign", type=float, default=1.0, show_default=True,
+                 help="Scale of the hidden errors (1: day one)."),
+    click.option("--budget", type=int, default=100, show_default=True,
+                 help="Evaluations per stage and trial, the final measurement included."),
+    click.option("--rays", type=int, default=5000, show_default=True, help="Rays per trace."),
+    click.option("--backend", type=click.Choice(["xrt", "fast"]), default="xrt",
+                 show_default=True, help="Twin that simulates the beamline."),
+    click.option("--noise/--no-noise", default=True, show_default=True,
+                 help="Detector and diagnostic noise."),
+]
+
+
+def _with(options):
+    def deco(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+    return deco
+
+
+@cli.command("align")
+@preset_option
+@click.option("--agent", default=None, help="Agent for every stage [default: the best of the "
+              "benchmark].")
+@click.option("--stages", default=None, metavar="S1,S2",
+              help="Stages in order [default: m1,mono,slits,kb,sample].")
+@_with(align_options)
+@json_option
+def align_cmd(preset: str | None, agent: str | None, stages: str | None, seed: int,
+              misalign: float, budget: int, rays: int, backend: str, noise: bool,
+              as_json: bool) -> None:
+    """One-click progressive alignment of a misaligned simulated beamline."""
+
+    def body() -> None:
+        from agents.bench import one_click_align
+
+        desc = load_preset(preset)
+        settings = _bench_settings(rays, budget, misalign, backend, noise)
+        doc = one_click_align(desc, agent_name=agent, stage_names=_split(stages), seed=seed,
+                              settings=settings,
+                              progress=lambda m: click.echo(f"align: {m}", err=True))
+
+        def text() -> str:
+            lines = [f"{s['stage']:>7}: {'ok ' if s['success'] else 'NOT'} "
+                     f"{s['evaluations']:>4} evaluations, fom {s['final']['fom']:.3f}"
+                     for s in doc["stages"]]
+            f, i = doc["final"], doc["ideal"]
+            lines.append(f"{'success' if doc['success'] else 'NOT aligned'}: "
+                         f"{doc['evaluations']} evaluations, {doc['moves']} moves, "
+                         f"{doc['beamline_time_s']:.0f} s of beamline time; flux "
+                         f"{f['flux']:.3g} (ideal {i['flux']:.3g}) ph/s, FWHM "
+                         f"{f['fwhm_x_um']} x {f['fwhm_y_um']} um (ideal "
+                         f"{i['fwhm_x_um']:.3g} x {i['fwhm_y_um']:.3g})")
+            return "\n".join(lines)
+
+        _emit(as_json, doc, text)
+
+    _run(as_json, body)
+
+
+@bench.command("align")
+@preset_option
+@click.option("--agents", "agent_list", default="scan,nm,random", show_default=True,
+              help="Comma-separated agents.")
+@click.option("--stage", "stage_name", default="kb", show_default=True, help="Stage.")
+@click.option("--trials", type=int, default=10, show_default=True)
+@_with(align_options)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the convergence plot (PNG).")
+@json_option
+def bench_align_cmd(preset: str | None, agent_list: str, stage_name: str, trials: int,
+                    seed: int, misalign: float, budget: int, rays: int, backend: str,
+                    noise: bool, plot_path: str | None, as_json: bool) -> None:
+    """Every agent on the same seeded misaligned beamlines, judged where it stops."""
+
+    def body() -> None:
+        from tqdm import tqdm
+
+        from agents.bench import bench_align, plot_convergence
+
+        desc = load_preset(preset)
+        settings = _bench_settings(rays, budget, misalign, backend, noise)
+        names = _split(agent_list) or []
+        bars: dict[str, Any] = {}
+
+        def progress(name: str, k: int, n: int) -> None:
+            if name not in bars:
+                bars[name] = tqdm(total=n, desc=f"{name:>8}", file=sys.stderr, leave=True)
+            bars[name].update(1)
+            if k == n:
+                bars[name].close()
+
+        doc, raw = bench_align(desc, names, stage_name, trials=trials, seed=seed,
+                               settings=settings, progress=progress)
+        if plot_path:
+            doc["plot"] = plot_convergence(raw, plot_path, title=f"stage {stage_name}, "
+                                           f"{trials} trials, misalign {misalign:g}")
+
+        def text() -> str:
+            lines = [f"{'agent':>8} success  median  p90  flux  fwhm  s/eval"]
+            for n, a in doc["agents"].items():
+                lines.append(f"{n:>8} {a['success_rate']:>6.0%} {a['median_evaluations']:>7.0f}"
+                             f" {a['p90_evaluations']:>4.0f} {a['final_flux_ratio'] or 0:>5.2f}"
+                             f" {a['final_fwhm_ratio'] or 0:>5.2f} "
+                             f"{a['optimizer_s_per_eval']:.4f}")
             return "\n".join(lines)
 
         _emit(as_json, doc, text)

@@ -138,3 +138,44 @@ def test_ioc_on_a_preset_the_fast_twin_cannot_trace_says_why(tmp_path):
                     "--list-pvs", "--json")
     assert code == 2
     assert "xrt" in doc["error"]
+
+
+def test_bench_align_json_contract(tmp_path):
+    png = tmp_path / "conv.png"
+    code, doc = run("bench", "align", "--agents", "scan,random", "--stage", "mono", "--trials",
+                    "2", "--budget", "12", "--rays", "1000", "--plot", str(png), "--json")
+    assert code == 0
+    assert {"stage", "trials", "seed", "agents"} <= set(doc)
+    assert doc["stage"] == "mono" and doc["trials"] == 2
+    for name in ("scan", "random"):
+        a = doc["agents"][name]
+        assert {"success_rate", "median_evaluations", "p90_evaluations", "final_flux_ratio",
+                "final_fwhm_ratio", "optimizer_s_per_eval"} <= set(a)
+        assert 0 <= a["success_rate"] <= 1 and 1 <= a["median_evaluations"] <= 12
+    assert png.stat().st_size > 10_000
+
+
+def test_align_json_contract():
+    code, doc = run("align", "--stages", "mono,slits", "--budget", "10", "--rays", "1000",
+                    "--seed", "2", "--json")
+    assert code == 0
+    assert {"success", "evaluations", "moves", "beamline_time_s", "stages", "final",
+            "ideal"} <= set(doc)
+    assert [s["stage"] for s in doc["stages"]] == ["mono", "slits"]
+    assert doc["evaluations"] == sum(s["evaluations"] for s in doc["stages"]) <= 20
+    assert doc["beamline_time_s"] > 0 and isinstance(doc["success"], bool)
+    assert set(doc["final"]) == set(STAT_KEYS) == set(doc["ideal"])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["bench", "align", "--agents", "scan,bogus"], "unknown agent 'bogus'"),
+    (["bench", "align", "--agents", "bo"], "not built yet"),
+    (["bench", "align", "--stage", "kbb"], "unknown alignment stage"),
+    (["bench", "align", "--trials", "0"], "trials"),
+    (["align", "--budget", "1"], "--budget"),
+    (["align", "--misalign", "nan"], "--misalign"),
+    (["align", "--stages", "kb,bogus"], "unknown alignment stage 'bogus'"),
+])
+def test_align_bad_input_exits_2_before_anything_moves(args, needle):
+    code, doc = run(*args, "--json")
+    assert code == 2 and needle in doc["error"]

@@ -1,0 +1,101 @@
+"""Model-based alignment: calibrate the differentiable twin, solve in it, move, repeat.
+
+:class:`ModelBasedAgent` measures the stage's diagnostic at the start and at a
+few probing points, fits the hidden offsets of the stage's motors to those
+readings with :func:`twin.calibrate.calibrate` (gradient descent through the
+fast twin), and moves to where the calibrated twin is aligned: every motor at
+``design - fitted offset``. Each new reading joins the fit. When the model's
+prediction stops improving the beam, it refines locally with Nelder-Mead.
+
+Offsets of motors outside the stage are not fitted: on a beamline aligned
+stage by stage they are the earlier stages' business, and whatever is left of
+them acts as unmodelled error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from agents.classic import NelderMeadAgent
+from agents.problem import AlignmentProblem, Evaluation
+from twin.description import BeamlineDescription
+
+__all__ = ["ModelBasedAgent"]
+
+
+@dataclass
+class ModelBasedAgent:
+    """Calibrate the fast twin on the readings so far, go to its optimum, repeat.
+
+    Parameters
+    ----------
+    desc : BeamlineDescription, optional
+        The beamline (default: taken from the problem's beamline when it has one).
+    probe : float
+        Half-width of the probing moves around the start, agent units.
+    rounds : int
+        Calibrate-and-move rounds before local refinement.
+    rays : int
+        Rays of the fast twin used for the fit.
+    steps : int
+        L-BFGS iterations per phase of each fit.
+    stop_fom : float
+    """
+
+    desc: BeamlineDescription | None = None
+    probe: float = 0.25
+    rounds: int = 4
+    rays: int = 2000
+    steps: int = 6
+    stop_fom: float = 0.95
+    name: str = "model"
+
+    def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray:
+        """Align; returns the chosen point."""
+        from twin.calibrate import calibrate
+
+        desc = self.desc or getattr(problem.safe.inner, "desc", None)
+        if desc is None:
+            raise TypeError("ModelBasedAgent needs the beamline description (desc=...)")
+        st = problem.stage
+        best: Evaluation = problem.observe_start()
+        seen: list[Evaluation] = [best]
+
+        def take(u: np.ndarray) -> Evaluation:
+            nonlocal best
+            ev = problem.evaluate(u)
+            seen.append(ev)
+            if ev.fom > best.fom:
+                best = ev
+            return ev
+
+        # probes: each motor moved both ways, so every offset shows in the readings
+        for i in range(problem.dim):
+            for sign in (1.0, -1.0):
+                if best.fom >= self.stop_fom or problem.remaining <= 1:
+                    return best.u.copy()
+                u = seen[0].u.copy()
+                u[i] = np.clip(u[i] + sign * self.probe, -1, 1)
+                take(u)
+        design = desc.design_positions()
+        last_fom = -1.0
+        for _ in range(self.rounds):
+            if best.fom >= self.stop_fom or problem.remaining <= 1:
+                return best.u.copy()
+            usable = [e for e in seen if e.judgement.flux_ratio > 0]
+            if not usable:
+                break
+            fit = calibrate(desc, [(e.readbacks, e.observation) for e in usable],
+                            motors=list(st.motors), diagnostics=[st.diagnostic],
+                            rays=self.rays, steps=self.steps)
+            target = {m: design[m] - fit.hidden.offset(m) for m in st.motors}
+            ev = take(np.clip(problem.to_u(target), -1, 1))
+            if ev.fom <= last_fom * 1.02:
+                break  # the model no longer improves the beam: refine locally
+            last_fom = ev.fom
+        if best.fom < self.stop_fom and problem.remaining > 1:
+            refine = NelderMeadAgent(initial_step=0.05, stop_fom=self.stop_fom)
+            return refine.continue_from(problem, best)
+        return best.u.copy()

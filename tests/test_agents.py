@@ -1,0 +1,203 @@
+"""Alignment stages, figures of merit, the Gymnasium environments and the classical agents.
+The twin is real (xrt, or the fast twin for the vector environment)."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import agents
+from agents.bayes import BayesOptAgent
+from agents.classic import RandomAgent, ScanAgent
+from agents.harness import BenchSettings, References, stage_trial
+from agents.objective import Objective
+from agents.problem import AlignmentProblem, default_span
+from agents.registry import AGENTS, make_agent
+from agents.stages import STAGE_ORDER, stage, stages
+from twin.errors import NonFiniteError, UnknownNameError
+from twin.hidden import HiddenErrors
+from twin.observation import BeamStats
+from twin.simulator import TwinBeamline
+
+
+# --------------------------------------------------------------------------- stages
+def test_default_beamline_has_every_stage(desc):
+    all_ = stages(desc)
+    assert list(all_) == [*STAGE_ORDER, "full"]
+    assert all_["kb"].dof == 6 and all_["kb"].diagnostic == "sample"
+    assert set(all_["mono"].motors) == {"dcm.pitch2", "dcm.roll2"}
+    assert all_["mono"].diagnostic == "dcm_bpm"
+    assert all_["m1"].motors == ("m1.pitch", "m1.height", "m1.bend")
+    assert set(all_["full"].motors) == {m for n in STAGE_ORDER for m in all_[n].motors}
+    with pytest.raises(UnknownNameError, match="available: m1, mono"):
+        stage(desc, "kbb")
+
+
+def test_stages_of_another_beamline(mixed_desc):
+    names = stages(mixed_desc)
+    assert names  # derived by element type, not by the default preset's names
+    for st in names.values():
+        for m in st.motors:
+            mixed_desc.motor(m)
+        mixed_desc.element(st.diagnostic)
+
+
+# --------------------------------------------------------------------------- objective
+REF = BeamStats(flux=1e13, centroid_x_um=0.0, centroid_y_um=0.0, fwhm_x_um=1.0, fwhm_y_um=0.1,
+                rms_x_um=0.4, rms_y_um=0.04)
+
+
+def test_a_clipped_spot_does_not_look_good(desc):
+    obj = Objective(stage(desc, "kb"), REF)
+    good = obj.judge_stats(REF)
+    assert good.fom == pytest.approx(1.0) and good.success
+    # half the beam cut off: half the flux, half the width in one direction
+    clipped = obj.judge_stats(BeamStats(flux=0.5e13, centroid_x_um=0.25, centroid_y_um=0.0,
+                                        fwhm_x_um=0.5, fwhm_y_um=0.1))
+    assert clipped.fom < 0.1 * good.fom and not clipped.success
+    wide = obj.judge_stats(BeamStats(flux=1e13, centroid_x_um=0, centroid_y_um=0,
+                                     fwhm_x_um=1.2, fwhm_y_um=0.1))
+    assert not wide.success and wide.fom == pytest.approx(1 / 1.2)
+    assert obj.judge_stats(BeamStats(flux=0.0)).fom == 0.0
+
+
+def test_centre_goal_penalises_an_offset_beam(desc):
+    obj = Objective(stage(desc, "mono"), REF)
+    off = obj.judge_stats(BeamStats(flux=1e13, centroid_x_um=0.0, centroid_y_um=1.0,
+                                    fwhm_x_um=1.0, fwhm_y_um=0.1))
+    assert off.offset_um == pytest.approx(1.0)
+    assert not off.success and off.fom < 0.2
+    assert Objective.loss(0.0) == pytest.approx(-math.log(1e-6))
+
+
+# --------------------------------------------------------------------------- environments
+@pytest.fixture(scope="module")
+def env_kwargs():
+    return {"stage": "kb", "backend": "xrt", "rays": 1000}
+
+
+def test_align_env_passes_check_env(env_kwargs):
+    env = gym.make(agents.ENV_ID, **env_kwargs)
+    check_env(env.unwrapped, skip_render_check=True)
+    assert env.spec.max_episode_steps == 50
+
+
+def _rollout(env, seed: int, steps: int = 6):
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(0)
+    out = [obs]
+    for _ in range(steps):
+        obs, r, term, trunc, info = env.step(rng.uniform(-1, 1, env.action_space.shape))
+        out.append(np.append(obs, [r, term, trunc, info["fom"]]))
+    return out
+
+
+def test_same_seed_same_rollout(env_kwargs):
+    a = _rollout(gym.make(agents.ENV_ID, **env_kwargs), seed=11)
+    b = _rollout(gym.make(agents.ENV_ID, **env_kwargs), seed=11)
+    c = _rollout(gym.make(agents.ENV_ID, **env_kwargs), seed=12)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_env_pickle_round_trip(env_kwargs):
+    env = agents.env.AlignEnv(**env_kwargs)
+    env.reset(seed=4)
+    clone = pickle.loads(pickle.dumps(env))
+    assert clone.config == env.config
+    o1, _ = env.reset(seed=9)
+    o2, _ = clone.reset(seed=9)
+    np.testing.assert_array_equal(o1, o2)
+
+
+def test_env_refuses_nan_and_clips_saturating_actions(env_kwargs):
+    env = agents.env.AlignEnv(**env_kwargs)
+    env.reset(seed=1)
+    moves = env.problem.safe.moves
+    with pytest.raises(NonFiniteError):
+        env.step(np.full(6, np.nan))
+    assert env.problem.safe.moves == moves
+    u0 = env.problem.history[-1].u.copy()
+    env.step(np.full(6, 1e9))  # saturating
+    du = env.problem.history[-1].u - u0
+    assert np.all(du <= env.config.max_step + 1e-12)
+    assert env.problem.clipped == 0  # the env never asks for a point outside the box
+
+
+def test_vector_env_steps_a_batch_on_the_fast_twin():
+    vec = gym.make_vec(agents.ENV_ID, num_envs=4, vectorization_mode="vector_entry_point",
+                       stage="mono", rays=500, max_episode_steps=3)
+    obs, info = vec.reset(seed=2)
+    assert obs.shape == (4, 7 + 2) and np.all(np.isfinite(obs))
+    seen_trunc = False
+    for _ in range(4):
+        obs, r, term, trunc, info = vec.step(np.zeros((4, 2)))
+        assert obs.shape == (4, 9) and r.shape == (4,)
+        seen_trunc |= bool(trunc.any())
+    assert seen_trunc  # the step limit ends episodes; they reset on the next step
+    obs2, _ = gym.make_vec(agents.ENV_ID, num_envs=4, vectorization_mode="vector_entry_point",
+                           stage="mono", rays=500).reset(seed=2)
+    np.testing.assert_array_equal(obs2, vec.reset(seed=2)[0])
+
+
+# --------------------------------------------------------------------------- agents
+@pytest.fixture(scope="module")
+def mono_settings():
+    return BenchSettings(rays=2000, budget=40, noise=True)
+
+
+@pytest.fixture(scope="module")
+def mono_refs(desc, mono_settings):
+    return References.of(desc, mono_settings)
+
+
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_every_agent_runs_a_trial(desc, name, mono_settings, mono_refs):
+    agent = make_agent(name)
+    settings = mono_settings if name not in ("bo", "model") else BenchSettings(
+        rays=2000, budget=12, noise=True)
+    res = stage_trial(desc, "mono", agent, seed=3, settings=settings,
+                      references=mono_refs)
+    assert res.agent == agent.name and res.stage == "mono"
+    assert 1 <= res.evaluations <= settings.budget
+    assert len(res.foms) == res.evaluations
+    assert res.beamline_time_s > 0 and res.optimizer_s >= 0
+    assert set(res.final) >= {"fom", "flux_ratio", "fwhm_ratio", "offset_um", "success",
+                              "measured_fom"}
+    assert res.counted_evaluations == (res.evaluations if res.success else res.budget)
+
+
+def test_the_operators_scan_aligns_the_monochromator(desc, mono_settings, mono_refs):
+    wins = [stage_trial(desc, "mono", ScanAgent(), seed=s, settings=mono_settings,
+                        references=mono_refs).success for s in range(3)]
+    assert sum(wins) >= 2
+
+
+def test_same_seed_gives_every_agent_the_same_beamline(desc, mono_settings, mono_refs):
+    a = stage_trial(desc, "mono", RandomAgent(), seed=8, settings=mono_settings,
+                    references=mono_refs)
+    b = stage_trial(desc, "mono", ScanAgent(), seed=8, settings=mono_settings,
+                    references=mono_refs)
+    assert a.foms[0] == b.foms[0]  # both start from the same misaligned beamline
+
+
+def test_bayesian_optimisation_warm_starts_from_earlier_data(desc, mono_refs):
+    """With the optimum of an earlier run in its data, BO goes there at once."""
+    st = stage(desc, "mono")
+    hidden = HiddenErrors.draw(desc, 1.0, 21)
+    hidden = HiddenErrors({m: v for m, v in hidden.offsets.items() if m in st.motors})
+    bl = TwinBeamline(desc, hidden=hidden, seed=21, rays=2000, disturbances=False)
+    prob = AlignmentProblem(bl, st, Objective(st, mono_refs.measured[st.diagnostic]),
+                            span=default_span(desc, st), budget=10)
+    ideal = prob.to_u(hidden.ideal_positions(desc))
+    agent = BayesOptAgent(warm_start=[(ideal, 1.0)], n_init=0)
+    u = agent.run(prob, np.random.default_rng(0))
+    final = prob.finish(u)
+    assert final.fom > 0.8
+    assert prob.evaluations <= 6
