@@ -4,7 +4,8 @@
 noise level is fitted (the readings are noisy), proposes the next point by
 log expected improvement inside a box of half-width ``L`` around the best point
 so far, and adapts ``L``: it doubles after ``success_tol`` improvements in a row
-and halves after ``failure_tol`` evaluations without one. Steps therefore stay
+and halves after ``failure_tol`` evaluations without one; a collapsed region
+restarts at full size around the best point (``tr_restarts`` times). Steps therefore stay
 local, as on a beamline they should, while the first box spans half the search
 range. The flux constraint is part of the figure of merit (a beam below 90 % of
 the reference flux is penalised by the fourth power), so the model learns where
@@ -49,6 +50,9 @@ class BayesOptAgent:
         ``(u, fom)`` pairs from earlier runs, in this problem's agent coordinates.
     restarts, raw_samples : int
         Acquisition optimiser settings.
+    tr_restarts : int
+        Times a collapsed trust region restarts at full size around the best point
+        before the agent stops.
     """
 
     n_init: int | None = None
@@ -60,6 +64,7 @@ class BayesOptAgent:
     warm_start: Sequence[tuple[np.ndarray, float]] = field(default_factory=list)
     restarts: int = 4
     raw_samples: int = 128
+    tr_restarts: int = 3
     name: str = "bo"
 
     def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray:
@@ -102,7 +107,12 @@ class BayesOptAgent:
         fail_tol = self.failure_tol if self.failure_tol is not None else max(3, d // 2)
         succ = fails = 0
         bounds_all = torch.stack([-torch.ones(d), torch.ones(d)]).double()
-        while not done() and length >= self.length_min:
+        restarts = 0
+        while not done():
+            if length < self.length_min:
+                if restarts >= self.tr_restarts:
+                    break
+                restarts, length = restarts + 1, self.length
             tx = torch.as_tensor(np.array(X), dtype=torch.float64)
             ty = torch.as_tensor(np.array(Y), dtype=torch.float64).unsqueeze(-1)
             gp = SingleTaskGP(tx, ty, input_transform=Normalize(d, bounds=bounds_all),

@@ -169,7 +169,7 @@ def test_align_json_contract():
 
 @pytest.mark.parametrize("args,needle", [
     (["bench", "align", "--agents", "scan,bogus"], "unknown agent 'bogus'"),
-    (["bench", "align", "--agents", "bo"], "not built yet"),
+    (["bench", "align", "--agents", "rl"], "not built yet"),
     (["bench", "align", "--stage", "kbb"], "unknown alignment stage"),
     (["bench", "align", "--trials", "0"], "trials"),
     (["align", "--budget", "1"], "--budget"),
