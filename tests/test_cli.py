@@ -156,8 +156,8 @@ def test_bench_align_json_contract(tmp_path):
 
 
 def test_align_json_contract():
-    code, doc = run("align", "--stages", "mono,slits", "--budget", "10", "--rays", "1000",
-                    "--seed", "2", "--json")
+    code, doc = run("align", "--agent", "scan", "--stages", "mono,slits", "--budget", "10",
+                    "--rays", "1000", "--seed", "2", "--json")
     assert code == 0
     assert {"success", "evaluations", "moves", "beamline_time_s", "stages", "final",
             "ideal"} <= set(doc)
@@ -165,6 +165,15 @@ def test_align_json_contract():
     assert doc["evaluations"] == sum(s["evaluations"] for s in doc["stages"]) <= 20
     assert doc["beamline_time_s"] > 0 and isinstance(doc["success"], bool)
     assert set(doc["final"]) == set(STAT_KEYS) == set(doc["ideal"])
+    assert doc["agent"] == "scan" and all(s["agent"] == "scan" for s in doc["stages"])
+
+
+def test_align_without_agent_uses_the_benchmarks_best():
+    from agents.registry import AGENTS, DEFAULT_AGENT
+
+    assert DEFAULT_AGENT in AGENTS
+    code, doc = run("align", "--stages", "slits", "--budget", "4", "--rays", "1000", "--json")
+    assert code == 0 and doc["agent"] == DEFAULT_AGENT
 
 
 @pytest.mark.parametrize("args,needle", [
