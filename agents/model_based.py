@@ -42,6 +42,9 @@ class ModelBasedAgent:
     steps : int
         L-BFGS iterations per phase of each fit.
     stop_fom : float
+    downstream : bool
+        Fit the readings of the imaging diagnostics downstream of the judge too (the
+        detector sees where the KB points the beam after the focus).
     """
 
     desc: BeamlineDescription | None = None
@@ -50,7 +53,17 @@ class ModelBasedAgent:
     rays: int = 2000
     steps: int = 6
     stop_fom: float = 0.95
+    downstream: bool = True
     name: str = "model"
+
+    def _diagnostics(self, desc: BeamlineDescription, st) -> list[str]:
+        """The judge, and with ``downstream`` every imaging diagnostic after it."""
+        names = [st.diagnostic]
+        if self.downstream:
+            i = next(k for k, e in enumerate(desc.elements) if e.name == st.diagnostic)
+            names += [e.name for e in desc.elements[i + 1:]
+                      if e.kind in ("screen", "sample", "detector")]
+        return names
 
     def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray:
         """Align; returns the chosen point."""
@@ -88,7 +101,7 @@ class ModelBasedAgent:
             if not usable:
                 break
             fit = calibrate(desc, [(e.readbacks, e.observation) for e in usable],
-                            motors=list(st.motors), diagnostics=[st.diagnostic],
+                            motors=list(st.motors), diagnostics=self._diagnostics(desc, st),
                             rays=self.rays, steps=self.steps)
             target = {m: design[m] - fit.hidden.offset(m) for m in st.motors}
             ev = take(np.clip(problem.to_u(target), -1, 1))
