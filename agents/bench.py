@@ -93,8 +93,8 @@ def one_click_align(desc: BeamlineDescription, *, agent_name: str | None,
     bl = TwinBeamline(desc, hidden=hidden, seed=seed, backend=settings.backend,
                       rays=settings.rays, noise=settings.noise,
                       disturbances=settings.disturbances)
-    sample = next((s.diagnostic for s in stages(desc).values() if s.name == "kb"),
-                  desc.detector.name)
+    kb = stages(desc).get("kb")
+    sample = kb.diagnostic if kb is not None else desc.detector.name
     before = bl.ground_truth().reading(sample).stats
     doc = align(desc, bl, lambda st: make_agent(name), stage_names=stage_names,
                 settings=settings, references=refs, seed=seed, progress=progress)

@@ -33,7 +33,7 @@ with noise and motor imperfections (backlash) switched on with probabilities
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gymnasium as gym
@@ -166,7 +166,7 @@ class AlignEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, config: AlignConfig | None = None, **overrides: Any) -> None:
-        cfg = AlignConfig(**{**(config.__dict__ if config else {}), **overrides})
+        cfg = replace(config or AlignConfig(), **overrides)
         self.config = cfg
         self.desc: BeamlineDescription = load_preset(cfg.preset)
         self.stage: Stage = stage(self.desc, cfg.stage)
@@ -279,7 +279,7 @@ class AlignVecEnv(gym.vector.VectorEnv):
         steps = overrides.pop("max_episode_steps", None)  # gym.make_vec passes the spec's
         if steps is not None and "max_steps" not in overrides:
             overrides["max_steps"] = int(steps)
-        cfg = AlignConfig(**{**(config.__dict__ if config else {}), **overrides})
+        cfg = replace(config or AlignConfig(), **overrides)
         self.config = cfg
         self.num_envs = int(num_envs)
         self.desc = load_preset(cfg.preset)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from twin.errors import (
     BeamtwinError,
@@ -220,8 +220,7 @@ class SafeBeamline:
         """Every axis this run may move goes back to where the run started."""
         moves_left = self.config.max_moves - self.moves
         if moves_left < 100:
-            self.config = SafetyConfig(**{**self.config.__dict__,
-                                          "max_moves": self.moves + 100})
+            self.config = replace(self.config, max_moves=self.moves + 100)
         self.move_stepwise(self.start)
 
     # ------------------------------------------------------------------ internals

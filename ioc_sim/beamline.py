@@ -116,7 +116,6 @@ class BeamlineIOC:
         self._groups: list[PVGroup] = [*self.motors.values(), *self.diagnostics.values(),
                                        self.undulator, self.ring, self.status, self.detector]
         self._diag_task: asyncio.Task[None] | None = None
-        self._last_exposure = 1.0 / diag_rate_hz if diag_rate_hz > 0 else 0.5
 
     # ------------------------------------------------------------------ pvdb
     @property
@@ -184,7 +183,6 @@ class BeamlineIOC:
             try:
                 snap = self.machine.snapshot()
                 obs = await asyncio.to_thread(self.machine.observe, snap, period)
-                self._last_exposure = period
                 await self._observed(obs, exposure_s=period)
             except Exception:  # keep serving: a failed trace is logged, not fatal
                 log.exception("diagnostics trace failed")

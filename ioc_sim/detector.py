@@ -189,8 +189,6 @@ class AreaDetector(PVGroup):
         self._task: asyncio.Task[None] | None = None
         self._external = asyncio.Event()
         self._frame_id = 0
-        self.last_frame: np.ndarray | None = None
-        self.last_stats: FrameStats | None = None
         self.busy = False
 
 
@@ -391,7 +389,6 @@ class AreaDetector(PVGroup):
         if p.trig_enable.value != "Enable" or p.trig_mode.value == "Mark" or fired:
             await p.array_data.write(frame.ravel(), verify_value=False)
             await p.image_uid.write(uid, verify_value=False)
-        self.last_frame, self.last_stats = frame, stats
         if self._on_observation is not None:
             result = self._on_observation(obs)
             if asyncio.iscoroutine(result):
