@@ -49,3 +49,27 @@ def test_upstream_calibration_recovers_errors_and_predicts_unseen_settings(desc)
 def test_calibration_input_is_checked(desc):
     with pytest.raises(ConfigError, match="at least one observation"):
         calibrate(desc, [])
+
+
+def test_kb_fit_with_relative_sizes_stays_in_its_bound_and_starts_where_told(desc):
+    """Sizes weighed relatively (the KB's 40 nm focus counts), offsets bounded, warm start."""
+    kb = ["kb_v.pitch", "kb_v.height", "kb_v.bend"]
+    truth = HiddenErrors({"kb_v.pitch": 6.0, "kb_v.height": -15.0, "kb_v.bend": 0.8})
+    real = Twin(desc, backend="fast", rays=2000)
+    obs = [(c, real.trace(c, hidden=truth, seed=3)) for c in _scans(desc, kb, k=0.5)]
+    kw = dict(motors=kb, diagnostics=["sample", "detector"], rays=2000, seed=8,
+              size_rel=0.03, position_rel=0.05, bound_sigma=1.5)
+    res = calibrate(desc, obs, steps=4, **kw)
+    for m in kb:
+        assert abs(res.hidden.offset(m)) <= 1.5 * desc.motor(m).misalign_sigma + 1e-9
+    # no iterations: the fit is where it was told to start
+    at_truth = calibrate(desc, obs, steps=0, initial=truth, **{**kw, "bound_sigma": 3.0})
+    for m in kb:
+        assert at_truth.hidden.offset(m) == pytest.approx(truth.offset(m), rel=1e-6)
+
+
+@pytest.mark.parametrize("option", ["size_rel", "position_rel", "bound_sigma"])
+def test_calibration_options_are_checked(desc, option):
+    obs = [({}, Twin(desc, backend="fast", rays=500).trace({}))]
+    with pytest.raises(ConfigError, match=option):
+        calibrate(desc, obs, **{option: float("nan")})

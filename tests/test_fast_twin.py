@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from twin import BackendError, HiddenErrors, Twin
+from twin import BackendError, ConfigError, HiddenErrors, Twin
 from twin.crosscheck import crosscheck, random_states
 from twin.fast import FastTwin, batch_fwhm
 from twin.observation import fwhm
@@ -23,6 +23,29 @@ def test_fast_agrees_with_xrt_on_100_random_states_of_the_default_preset(desc):
     assert res.failures == []
     # and by a wide margin: the two trace the very same source rays
     assert res.max_flux_rel < 0.005 and res.max_fwhm_rel < 0.02
+
+
+def test_source_perturbation_agrees_with_xrt(desc, xrt_twin):
+    """Another orbit at the source (position, pointing, size), traced by both twins."""
+    from twin.disturbances import DisturbanceState, SourcePerturbation
+
+    p = SourcePerturbation(dx_um=5.0, dy_um=2.0, dxp_urad=1.0, dyp_urad=0.5,
+                           size_x_scale=1.05, size_y_scale=1.1)
+    ft = FastTwin(desc, rays=5000)
+    fast = ft.to_numpy(ft.observe(ft.positions([{}, {}]),
+                                  source=FastTwin.source_tensor([SourcePerturbation(), p])))
+    moved = xrt_twin.trace({}, disturbance=DisturbanceState(source=p))
+    still = xrt_twin.trace({})
+    for d in ("dcm_bpm", "sample"):
+        a, b = moved.reading(d).stats, still.reading(d).stats
+        for k in ("centroid_x_um", "centroid_y_um", "rms_x_um", "rms_y_um"):
+            want = getattr(a, k) - getattr(b, k)
+            got = fast[d][k][1] - fast[d][k][0]
+            assert got == pytest.approx(want, abs=max(0.05 * abs(want), 0.05)), (d, k)
+    with pytest.raises(ConfigError, match="source must be"):
+        ft.observe(ft.positions([{}]), source=torch.zeros(1, 3, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="size multipliers"):
+        ft.observe(ft.positions([{}]), source=torch.zeros(1, 6, dtype=torch.float64))
 
 
 def test_fast_in_float32_is_close_to_xrt(desc):
@@ -78,6 +101,16 @@ def test_batched_fwhm_is_the_reference_estimator():
     got = batch_fwhm(torch.tensor(np.array(rows)), torch.tensor(w)).numpy()
     want = [fwhm(x, wi) for x, wi in zip(rows, w, strict=True)]
     np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 9])
+def test_batched_fwhm_of_a_batch_left_with_a_few_rays_is_nan(n):
+    # a batch compacted down to a few surviving rays (a beam lost in every state)
+    rng = np.random.default_rng(1)
+    v, w = torch.tensor(rng.normal(0, 1, (3, n))), torch.ones(3, n, dtype=torch.float64)
+    got = batch_fwhm(v, w)
+    assert got.shape == (3,) and torch.isnan(got).all()
+    assert all(np.isnan(fwhm(v[i].numpy(), w[i].numpy())) for i in range(3))
 
 
 @pytest.mark.parametrize(

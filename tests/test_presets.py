@@ -10,10 +10,11 @@ import pytest
 
 from twin import ConfigError, default_preset
 from twin.description import ELEMENT_TYPES
-from twin.presets import load_preset, preset_from_dict
+from twin.presets import at_energy, load_preset, preset_from_dict
 from twin.units import UNITS
 
 DEFAULT = Path(__file__).parents[1] / "twin" / "presets" / "default.toml"
+PRESETS = Path(__file__).parent / "presets"
 
 
 def test_default_preset_is_a_full_beamline(desc):
@@ -44,6 +45,37 @@ def test_design_positions_follow_the_energy(desc):
     assert pos["dcm.bragg"] == pytest.approx(11.406, abs=2e-3)
     assert pos["dcm.perp"] == pytest.approx(20.0 / (2 * math.cos(math.radians(11.406))), abs=1e-3)
     assert pos["kb_v.bend"] == pytest.approx(350.0)
+
+
+def test_at_energy_retunes_the_monochromator_and_the_gap(desc):
+    d = at_energy(desc, 11_000.0)
+    pos, old = d.design_positions(), desc.design_positions()
+    assert d.energy_eV == 11_000.0
+    # Si(111) at 77 K: d = 3.1356 A, lambda(11 keV) = 1.12713 A
+    assert pos["dcm.bragg"] == pytest.approx(math.degrees(math.asin(1.12713 / (2 * 3.13560))),
+                                              abs=3e-3)
+    assert pos["dcm.perp"] == pytest.approx(10.0 / math.cos(math.radians(pos["dcm.bragg"])),
+                                            abs=1e-3)
+    assert pos["undulator.gap"] > old["undulator.gap"]  # higher energy, wider gap
+    # the preset's gap-table correction travels with the energy
+    back = at_energy(d, desc.energy_eV).design_positions()
+    assert back["undulator.gap"] == pytest.approx(old["undulator.gap"], abs=2e-4)
+    assert {k: v for k, v in pos.items() if not k.startswith(("dcm.", "undulator."))} == \
+        {k: v for k, v in old.items() if not k.startswith(("dcm.", "undulator."))}
+
+
+@pytest.mark.parametrize("energy,message", [
+    (float("nan"), "finite number > 0"), (-5.0, "finite number > 0"), ("10", "finite number"),
+    (60_000.0, "not reachable on harmonic 1"),
+])
+def test_at_energy_refuses_what_the_beamline_cannot_reach(desc, energy, message):
+    with pytest.raises(ConfigError, match=message):
+        at_energy(desc, energy)
+
+
+def test_at_energy_refuses_a_multilayer_monochromator():
+    with pytest.raises(ConfigError, match="multilayer monochromator"):
+        at_energy(load_preset(PRESETS / "dmm.toml"), 11_000.0)
 
 
 def test_every_number_of_the_default_preset_is_sourced():

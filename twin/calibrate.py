@@ -76,7 +76,9 @@ def calibrate(desc: BeamlineDescription,
               motors: Sequence[str] | None = None, diagnostics: Sequence[str] | None = None,
               rays: int = 3000, seed: int = 0, steps: int = 15, lr: float = 1.0,
               prior: float = 1e-3, soft_edges_mm: float = 0.002,
-              fixed: HiddenErrors | None = None) -> CalibrationResult:
+              fixed: HiddenErrors | None = None, size_rel: float | None = None,
+              position_rel: float | None = None, initial: HiddenErrors | None = None,
+              bound_sigma: float | None = None) -> CalibrationResult:
     """Fit hidden errors to observations made at known motor positions.
 
     Parameters
@@ -102,7 +104,25 @@ def calibrate(desc: BeamlineDescription,
         Soft slit and mirror edges of the fast twin, mm (gradients through slits).
     fixed : HiddenErrors, optional
         Offsets already known (e.g. from an upstream stage), held fixed.
+    size_rel : float, optional
+        Relative error of the size readings: size residuals become
+        ``log(model / observed) / size_rel``, so a focus of 40 nm weighs as much as
+        a beam of 40 um. Default: sizes to 2 % of the ideal beam there, but never
+        finer than 0.05 um (a camera's view of a focus).
+    position_rel : float, optional
+        Position error as a fraction of the ideal beam's rms along each axis
+        (default: 2 % of the larger rms, at least 0.05 um).
+    initial : HiddenErrors, optional
+        Where the fit starts (default: no offsets): an earlier fit, refined.
+    bound_sigma : float, optional
+        Keep every fitted offset within this many of its motor's ``misalign_sigma``
+        (a smooth bound, ``b tanh(z / b)``): a fit that loses the beam cannot run off
+        to implausible offsets.
     """
+    for name, v in (("size_rel", size_rel), ("position_rel", position_rel),
+                    ("bound_sigma", bound_sigma)):
+        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ConfigError(f"{name} must be a finite number > 0, got {v!r}")
     if not observations:
         raise ConfigError("calibration needs at least one observation")
     ft = FastTwin(desc, rays=rays, soft_edges_mm=soft_edges_mm)
@@ -137,11 +157,25 @@ def calibrate(desc: BeamlineDescription,
         for k in _STATS:
             targets[(d, k)] = torch.tensor([getattr(s, k) for s in obs], dtype=ft.dtype)
             scales[(d, k)] = max(0.02 * r_scale, 0.05)
+            if k.startswith("rms") and size_rel is not None:
+                targets[(d, k)] = torch.log(targets[(d, k)].clamp(min=1e-9))
+                scales[(d, k)] = size_rel
+            elif k.startswith("centroid") and position_rel is not None:
+                axis_rms = float(ref["rms_" + k[-4] + "_um"][0])
+                scales[(d, k)] = max(position_rel * axis_rms, 1e-4)
         targets[(d, "flux")] = torch.log(torch.tensor([s.flux for s in obs], dtype=ft.dtype)
                                          .clamp(min=1.0))
         scales[(d, "flux")] = 0.05
 
-    z = torch.zeros(len(motors), dtype=ft.dtype, requires_grad=True)
+    z0 = torch.zeros(len(motors), dtype=ft.dtype)
+    if initial is not None:
+        z0 = torch.tensor([initial.offset(m) for m in motors], dtype=ft.dtype) / sigma
+        if bound_sigma is not None:  # start inside the bound (atanh of its image)
+            z0 = bound_sigma * torch.atanh((z0 / bound_sigma).clamp(-0.999, 0.999))
+    z = z0.clone().requires_grad_(True)
+
+    def offsets_sigma() -> torch.Tensor:
+        return z if bound_sigma is None else bound_sigma * torch.tanh(z / bound_sigma)
     history: list[float] = []
     t0 = time.perf_counter()
 
@@ -149,7 +183,7 @@ def calibrate(desc: BeamlineDescription,
 
     def loss_fn() -> tuple[torch.Tensor, torch.Tensor]:
         hidden = base.expand(pos.shape[0], -1).clone()
-        hidden = hidden.index_copy(1, sel, (z * sigma).expand(pos.shape[0], -1))
+        hidden = hidden.index_copy(1, sel, (offsets_sigma() * sigma).expand(pos.shape[0], -1))
         sim = ft.observe(pos, hidden, fwhm=False, seed=seed)
         res = []
         for d, k in phase["keys"]:
@@ -157,12 +191,14 @@ def calibrate(desc: BeamlineDescription,
             val = sim[d][k]
             if k == "flux":
                 val = torch.log(val.clamp(min=1.0))
+            elif k.startswith("rms") and size_rel is not None:
+                val = torch.log(val.clamp(min=1e-9))
             ok = torch.isfinite(target) & torch.isfinite(val)
             res.append(torch.where(ok, (val - target) / scales[(d, k)], torch.zeros_like(val)))
         r = torch.cat(res)
         # robust (pseudo-Huber) loss: far-off points (a beam off a screen) do not dominate
         robust = 2.0 * (torch.sqrt(1.0 + (r / 3.0) ** 2) - 1.0) * 9.0
-        return robust.mean() + prior * (z**2).sum(), r
+        return robust.mean() + prior * (offsets_sigma() ** 2).sum(), r
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -186,7 +222,7 @@ def calibrate(desc: BeamlineDescription,
     with torch.no_grad():
         _, r = loss_fn()
     offsets = {n: float(base[i]) for i, n in enumerate(names) if base[i] != 0}
-    offsets.update({m: float(v) for m, v in zip(motors, (z * sigma).detach().numpy(),
+    offsets.update({m: float(v) for m, v in zip(motors, (offsets_sigma() * sigma).detach().numpy(),
                                                   strict=True)})
     return CalibrationResult(hidden=HiddenErrors(offsets), fitted=list(motors),
                              loss_history=history, seconds=time.perf_counter() - t0,

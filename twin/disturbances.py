@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from twin.description import BeamlineDescription, Undulator
+from twin.errors import ConfigError
 
-__all__ = ["SourcePerturbation", "DisturbanceState", "DisturbanceModel"]
+__all__ = ["SourcePerturbation", "DisturbanceState", "DisturbanceModel", "combine_sources",
+           "draw_source"]
 
 _DRIFT_STREAM = 0x44524946  # "DRIF"
 _VIB_STREAM = 0x56494252  # "VIBR"
@@ -47,6 +49,32 @@ class SourcePerturbation:
     dyp_urad: float = 0.0
     size_x_scale: float = 1.0
     size_y_scale: float = 1.0
+
+
+def combine_sources(a: SourcePerturbation, b: SourcePerturbation) -> SourcePerturbation:
+    """Both perturbations at once: positions and pointing add, size multipliers multiply."""
+    return SourcePerturbation(a.dx_um + b.dx_um, a.dy_um + b.dy_um, a.dxp_urad + b.dxp_urad,
+                              a.dyp_urad + b.dyp_urad, a.size_x_scale * b.size_x_scale,
+                              a.size_y_scale * b.size_y_scale)
+
+
+def draw_source(desc: BeamlineDescription, rng: np.random.Generator,
+                scale: float = 1.0) -> SourcePerturbation:
+    """A random source change, Gaussian with the preset's gap-dependence amplitudes as rms.
+
+    For domain randomisation: each of position, pointing and size is drawn with
+    the rms that ``[disturbances.source_gap]`` gives its full swing across the gap
+    range, times *scale* (sizes stay above 0.5 of the design).
+    """
+    if not (math.isfinite(scale) and scale >= 0):
+        raise ConfigError(f"scale must be a finite number >= 0, got {scale!r}")
+    a = desc.disturbances.source_gap
+    g = rng.standard_normal(6) * scale
+    return SourcePerturbation(
+        dx_um=a.position_x_um * g[0], dy_um=a.position_y_um * g[1],
+        dxp_urad=a.pointing_x_urad * g[2], dyp_urad=a.pointing_y_urad * g[3],
+        size_x_scale=max(0.5, 1.0 + a.size_x_pct / 100.0 * g[4]),
+        size_y_scale=max(0.5, 1.0 + a.size_y_pct / 100.0 * g[5]))
 
 
 @dataclass(frozen=True)

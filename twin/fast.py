@@ -36,14 +36,21 @@ from twin.description import (
     Undulator,
     _ImagingDiagnostic,
 )
-from twin.disturbances import nominal_current_mA
+from twin.disturbances import SourcePerturbation, nominal_current_mA
 from twin.errors import ConfigError
 from twin.hidden import HiddenErrors
 from twin.observation import STAT_KEYS
 from twin.settings import validate_positions
 from twin.units import UNITS
 
-__all__ = ["FastTwin", "batch_stats", "batch_fwhm"]
+__all__ = ["FastTwin", "batch_stats", "batch_fwhm", "SOURCE_FIELDS"]
+
+#: columns of a source-perturbation tensor (:meth:`FastTwin.hits`), the fields of
+#: :class:`~twin.disturbances.SourcePerturbation`: um, urad and size multipliers
+SOURCE_FIELDS = ("dx_um", "dy_um", "dxp_urad", "dyp_urad", "size_x_scale", "size_y_scale")
+
+#: fewer live rays than this give no FWHM (NaN), as twin.observation.fwhm
+_MIN_FWHM_RAYS = 10
 
 
 def _weighted_quantile(v: torch.Tensor, w: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
@@ -74,7 +81,9 @@ def batch_fwhm(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     1-bin Gaussian smoothing, and interpolated half-maximum crossings walked
     outwards from the maximum. NaN for fewer than 10 rays.
     """
-    B, _ = v.shape
+    B, N = v.shape
+    if N < _MIN_FWHM_RAYS:  # every state lost all but a few rays (compacted batch)
+        return torch.full((B,), math.nan, dtype=v.dtype, device=v.device)
     live = w > 0
     q25, q50, q75 = _weighted_quantile(v, w, (0.25, 0.5, 0.75)).unbind(-1)
     sigma = (q75 - q25) / 1.349
@@ -119,7 +128,7 @@ def batch_fwhm(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
     f = (cross((right - 1).clamp(min=0), right) - cross(left, left + 1)) * bw
     n_rays = live.sum(-1)
-    return torch.where(n_rays >= 10, torch.where(sigma > 0, f, torch.zeros_like(f)),
+    return torch.where(n_rays >= _MIN_FWHM_RAYS, torch.where(sigma > 0, f, torch.zeros_like(f)),
                        torch.full_like(f, math.nan))
 
 
@@ -257,14 +266,45 @@ class FastTwin:
         return out
 
     def hits(self, positions: torch.Tensor, hidden: torch.Tensor | None = None, *,
-             seed: int = 0) -> dict[str, Hits]:
-        """Rays at every observation point for a batch of states."""
+             seed: int = 0, source: torch.Tensor | None = None) -> dict[str, Hits]:
+        """Rays at every observation point for a batch of states.
+
+        *source*, optional, is a ``(B, 6)`` tensor of source perturbations per state
+        (:data:`SOURCE_FIELDS`: position um, pointing urad, size multipliers), as the
+        disturbance model's :class:`~twin.disturbances.SourcePerturbation` holds them.
+        """
         phys = positions if hidden is None else positions + hidden
-        return self.backend.run(self._params(phys * self._factor), self.rays, seed)
+        params = self._params(phys * self._factor)
+        if source is not None:
+            params = self._perturb_source(params, source)
+        return self.backend.run(params, self.rays, seed)
+
+    def _perturb_source(self, params: dict[str, torch.Tensor],
+                        source: torch.Tensor) -> dict[str, torch.Tensor]:
+        src = next(e.name for e in self.desc.elements
+                   if e.kind in ("undulator", "gaussian_source"))
+        prm = params[src]
+        if source.dim() != 2 or source.shape != (prm.shape[0], len(SOURCE_FIELDS)):
+            raise ConfigError(f"source must be (B, {len(SOURCE_FIELDS)}) = "
+                              f"({prm.shape[0]}, {len(SOURCE_FIELDS)}) ({', '.join(SOURCE_FIELDS)})"
+                              f", got {tuple(source.shape)}")
+        if not torch.isfinite(source.detach()).all():
+            raise ConfigError("source perturbations contain NaN or inf")
+        if bool((source[:, 4:] <= 0).any()):
+            raise ConfigError("source size multipliers must be > 0")
+        out = dict(params)
+        out[src] = torch.cat([prm[:, :2], source.to(prm)], dim=1)
+        return out
+
+    @staticmethod
+    def source_tensor(batch: Sequence[SourcePerturbation]) -> torch.Tensor:
+        """``(B, 6)`` source perturbations from :class:`SourcePerturbation` records."""
+        return torch.tensor([[getattr(p, f) for f in SOURCE_FIELDS] for p in batch],
+                            dtype=torch.float64)
 
     def observe(self, positions: torch.Tensor, hidden: torch.Tensor | None = None, *,
-                seed: int = 0, fwhm: bool = True,
-                current_mA: float | None = None) -> dict[str, dict[str, torch.Tensor]]:
+                seed: int = 0, fwhm: bool = True, current_mA: float | None = None,
+                source: torch.Tensor | None = None) -> dict[str, dict[str, torch.Tensor]]:
         """Readings of every diagnostic and the detector: ``{name: {stat: (B,) tensor}}``.
 
         Parameters
@@ -279,13 +319,15 @@ class FastTwin:
             Also measure the FWHM (not differentiable; skip it for speed).
         current_mA : float, optional
             Ring current (default: nominal).
+        source : Tensor, optional
+            ``(B, 6)`` source perturbation of each state (see :meth:`hits`).
         """
         if positions.dim() != 2 or positions.shape[1] != len(self.motor_names):
             raise ConfigError(f"positions must be (B, {len(self.motor_names)}), got "
                               f"{tuple(positions.shape)}")
         if not torch.isfinite(positions.detach()).all():
             raise ConfigError("positions contain NaN or inf")
-        hits = self.hits(positions, hidden, seed=seed)
+        hits = self.hits(positions, hidden, seed=seed, source=source)
         scale = (current_mA if current_mA is not None else self.nominal_mA) / self.nominal_mA
         out = {}
         for e in self.desc.elements:

@@ -52,7 +52,8 @@ from twin.description import (
 from twin.errors import ConfigError
 from twin.units import from_internal, to_internal
 
-__all__ = ["load_preset", "default_preset", "preset_from_dict", "DEFAULT_PRESET_NAME"]
+__all__ = ["load_preset", "default_preset", "preset_from_dict", "at_energy",
+           "DEFAULT_PRESET_NAME"]
 
 DEFAULT_PRESET_NAME = "default.toml"
 
@@ -80,6 +81,59 @@ def load_preset(path: str | Path | None = None) -> BeamlineDescription:
     if not p.is_file():
         raise ConfigError(f"preset file {str(p)!r} does not exist")
     return preset_from_dict(_parse_toml(p.read_text("utf-8"), str(p)))
+
+
+def at_energy(desc: BeamlineDescription, energy_eV: float) -> BeamlineDescription:
+    """The same beamline set up for another photon energy.
+
+    The crystal monochromator's Bragg angle and crystal gap are derived anew, and
+    the undulator gap follows the energy: the on-axis formula at the new energy
+    plus the correction the preset's own gap carries at its design energy (a gap
+    table measured at one energy, transferred). Everything else is unchanged.
+
+    Parameters
+    ----------
+    desc : BeamlineDescription
+    energy_eV : float
+        Photon energy, eV.
+
+    Raises
+    ------
+    ConfigError
+        For a non-finite or non-positive energy, an energy outside the reach of a
+        motor's limits, or a multilayer monochromator (its Bragg position must be
+        given explicitly).
+    """
+    if isinstance(energy_eV, bool) or not isinstance(energy_eV, (int, float)) or \
+            not (math.isfinite(energy_eV) and energy_eV > 0):
+        raise ConfigError(f"energy_eV must be a finite number > 0, got {energy_eV!r}")
+    energy_eV = float(energy_eV)
+    if energy_eV == desc.energy_eV:
+        return desc
+    elements = []
+    for e in desc.elements:
+        if e.kind == "dmm":
+            raise ConfigError(f"element {e.name!r}: a multilayer monochromator's Bragg position "
+                              f"is set in the preset; at_energy() cannot re-derive it")
+        motors = []
+        for m in e.motors:
+            new = None
+            if isinstance(e, Undulator) and m.axis == "gap":
+                old = from_internal(_design_value_internal(e, "gap", desc.energy_eV), m.units)
+                new = m.position - old + from_internal(
+                    _design_value_internal(e, "gap", energy_eV), m.units)
+            elif isinstance(e, CrystalMonochromator) and m.axis in ("bragg", "perp"):
+                new = from_internal(_design_value_internal(e, m.axis, energy_eV), m.units)
+            if new is not None:
+                new = round(round(new / m.resolution) * m.resolution, 10)
+                if not m.low <= new <= m.high:
+                    raise ConfigError(f"motor {e.name}.{m.axis}: {energy_eV:g} eV needs "
+                                      f"{new:g} {m.units}, outside its limits [{m.low:g}, "
+                                      f"{m.high:g}]")
+                m = dataclasses.replace(m, position=new)
+            motors.append(m)
+        elements.append(dataclasses.replace(e, motors=tuple(motors)))
+    return dataclasses.replace(desc, energy_eV=energy_eV, elements=tuple(elements))
 
 
 def _parse_toml(text: str, where: str) -> dict[str, Any]:

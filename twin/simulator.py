@@ -17,13 +17,14 @@ Motor imperfections (switchable in the preset's ``[disturbances.motors]``):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 
 import numpy as np
 
 from twin.description import BeamlineDescription, Undulator
-from twin.disturbances import DisturbanceModel
+from twin.disturbances import DisturbanceModel, SourcePerturbation, combine_sources
 from twin.errors import ConfigError, NonFiniteError
 from twin.hidden import HiddenErrors
 from twin.observation import Observation
@@ -57,12 +58,18 @@ class TwinBeamline:
     twin : Twin, optional
         An existing twin of *desc* to trace with (its caches are shared; *backend*
         and *rays* are then ignored). Environments reuse one across episodes.
+    source : SourcePerturbation, optional
+        A fixed change of the source (another orbit, another coupling), added to
+        the disturbance model's gap-dependent one: positions and pointing add,
+        size multipliers multiply.
     """
 
     def __init__(self, desc: BeamlineDescription, *, hidden: HiddenErrors | None = None,
                  seed: int = 0, backend: str = "xrt", rays: int = 10_000, noise: bool = True,
-                 disturbances: bool = True, twin: Twin | None = None) -> None:
+                 disturbances: bool = True, twin: Twin | None = None,
+                 source: SourcePerturbation | None = None) -> None:
         self.desc = desc
+        self._source = source
         if twin is not None and twin.desc is not desc:
             raise ConfigError("the twin passed to TwinBeamline describes another beamline")
         self._twin = twin if twin is not None else Twin(desc, backend=backend, rays=rays)
@@ -152,6 +159,9 @@ class TwinBeamline:
         if self._gap_motor is not None:
             gap = physical[self._gap_motor] + self._hidden.offset(self._gap_motor)
         state = self._model.state(self._clock, gap, self._gap_direction, self._beam_lost)
+        if self._source is not None:
+            state = dataclasses.replace(state, source=combine_sources(state.source,
+                                                                      self._source))
         return self._twin.trace(physical, hidden=self._hidden,
                                 seed=self._seed, disturbance=state, noise=noise,
                                 exposure_s=exposure, check_limits=False,
