@@ -14,9 +14,10 @@ action
     move, capped well inside the safety layer's step cap).
 observation
     ``Box(-20, 20, (7 + d,))``, float32: what the stage's diagnostic reads,
-    normalised (flux relative to the reference, centroid in units of the
-    reference FWHM, log FWHM ratios, the figure of merit, whether any beam is
-    seen) and the motors' positions in the search box (``u``, from the encoders).
+    normalised (flux relative to the reference, centroid offset ``c`` in units
+    of the reference FWHM as ``sign(c) log(1 + |c|)``, log FWHM ratios, the
+    figure of merit, whether any beam is seen) and the motors' positions in the
+    search box (``u``, from the encoders).
 reward
     progress of the figure of merit, ``log(fom_t + 1e-3) - log(fom_{t-1} + 1e-3)``.
 terminated
@@ -24,10 +25,14 @@ terminated
 truncated
     the step limit (``max_episode_steps``, a TimeLimit wrapper).
 
-Domain randomisation per episode, from the environment's own ``np_random``:
-hidden-error scale drawn from ``misalign`` (a float or a ``(low, high)`` range),
-with noise and motor imperfections (backlash) switched on with probabilities
-``p_noise`` and ``p_backlash``.
+Domain randomisation per episode, from the environment's own random generator:
+hidden-error scale drawn from ``misalign`` (a float or a ``(low, high)`` range);
+noise and motor imperfections (backlash) switched on with probabilities
+``p_noise`` and ``p_backlash``; with probability ``p_source`` a source that is
+not the design's (position, pointing and size drawn with the preset's
+gap-dependence amplitudes times ``source_scale``, :func:`twin.disturbances.draw_source`);
+and a photon energy drawn from ``energies_eV`` (the beamline re-tuned there by
+:func:`twin.presets.at_energy`, its ideal beam the reference).
 """
 
 from __future__ import annotations
@@ -45,10 +50,11 @@ from agents.problem import AlignmentProblem, default_span
 from agents.safety import SafetyConfig
 from agents.stages import Stage, stage
 from twin.description import BeamlineDescription
+from twin.disturbances import SourcePerturbation, draw_source
 from twin.errors import ConfigError, NonFiniteError
 from twin.hidden import HiddenErrors
 from twin.observation import BeamStats
-from twin.presets import load_preset
+from twin.presets import at_energy, load_preset
 from twin.simulator import TwinBeamline
 from twin.tracer import Twin
 
@@ -81,6 +87,12 @@ class AlignConfig:
         Hidden-error scale, or the range it is drawn from per episode.
     p_noise, p_backlash : float
         Probability that an episode has detector noise / motor backlash.
+    p_source : float
+        Probability that an episode's source differs from the design.
+    source_scale : float
+        Size of that difference, in units of the preset's gap-dependence amplitudes.
+    energies_eV : tuple of float
+        Photon energies an episode is drawn from, eV (empty: the design energy).
     stop_fom : float
         Figure of merit that counts as aligned.
     success_steps : int
@@ -100,6 +112,9 @@ class AlignConfig:
     misalign: float | tuple[float, float] = (0.5, 1.5)
     p_noise: float = 1.0
     p_backlash: float = 0.5
+    p_source: float = 0.0
+    source_scale: float = 1.0
+    energies_eV: tuple[float, ...] = ()
     stop_fom: float = 0.9
     success_steps: int = 2
     span_sigmas: float | None = None
@@ -112,14 +127,39 @@ class AlignConfig:
         if not (0 <= lo <= hi and math.isfinite(hi)):
             raise ConfigError(f"misalign must be >= 0 (or a range low <= high), got "
                               f"{self.misalign!r}")
-        for name in ("p_noise", "p_backlash"):
+        for name in ("p_noise", "p_backlash", "p_source"):
             p = getattr(self, name)
             if not 0 <= p <= 1:
                 raise ConfigError(f"{name} must be a probability in [0, 1], got {p!r}")
+        if not (math.isfinite(self.source_scale) and self.source_scale >= 0):
+            raise ConfigError(f"source_scale must be a finite number >= 0, got "
+                              f"{self.source_scale!r}")
+        if any(isinstance(e, bool) or not isinstance(e, (int, float)) or not
+               (math.isfinite(e) and e > 0) for e in self.energies_eV):
+            raise ConfigError(f"energies_eV must be finite energies > 0 (eV), got "
+                              f"{self.energies_eV!r}")
         if self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps!r}")
         if self.success_steps < 1:
             raise ConfigError(f"success_steps must be >= 1, got {self.success_steps!r}")
+
+    def descriptions(self) -> list[BeamlineDescription]:
+        """The beamline at each energy an episode may draw (the design energy if none)."""
+        desc = load_preset(self.preset)
+        return [at_energy(desc, e) for e in self.energies_eV] or [desc]
+
+    def draw_episode(self, desc: BeamlineDescription, rng: np.random.Generator
+                     ) -> tuple[float, int, bool, bool, SourcePerturbation | None, int]:
+        """(misalign scale, episode seed, noise, backlash, source, energy index) of an episode."""
+        lo, hi = self.misalign_range
+        scale = float(rng.uniform(lo, hi))
+        seed = int(rng.integers(0, 2**31 - 1))
+        noise = bool(rng.random() < self.p_noise)
+        backlash = bool(rng.random() < self.p_backlash)
+        source = draw_source(desc, rng, self.source_scale) \
+            if self.p_source > 0 and rng.random() < self.p_source else None
+        variant = int(rng.integers(len(self.energies_eV))) if len(self.energies_eV) > 1 else 0
+        return scale, seed, noise, backlash, source, variant
 
     @property
     def misalign_range(self) -> tuple[float, float]:
@@ -135,8 +175,11 @@ def observation_vector(j: Judgement, s: BeamStats, ref: BeamStats, u: np.ndarray
     w = 0.5 * (ref.fwhm_x_um + ref.fwhm_y_um) if math.isfinite(ref.fwhm_x_um) else 1.0
 
     def cen(v: float, r: float) -> float:
-        return float(np.clip((v - r) / w, -20, 20)) if math.isfinite(v) and math.isfinite(r) \
-            else 0.0
+        # signed log: resolves a fraction of the focus and still tells 10 from 1000 FWHM
+        if not (math.isfinite(v) and math.isfinite(r)):
+            return 0.0
+        d = (v - r) / w
+        return float(np.clip(math.copysign(math.log1p(abs(d)), d), -OBS_BOUND, OBS_BOUND))
 
     def lw(v: float, r: float) -> float:
         return float(np.clip(math.log(v / r), -5, 5)) if (math.isfinite(v) and v > 0
@@ -168,13 +211,11 @@ class AlignEnv(gym.Env):
     def __init__(self, config: AlignConfig | None = None, **overrides: Any) -> None:
         cfg = replace(config or AlignConfig(), **overrides)
         self.config = cfg
-        self.desc: BeamlineDescription = load_preset(cfg.preset)
+        self._descs = cfg.descriptions()
+        self.desc: BeamlineDescription = self._descs[0]
         self.stage: Stage = stage(self.desc, cfg.stage)
-        self._twin = Twin(self.desc, backend=cfg.backend, rays=cfg.rays)
-        ideal = self._twin.trace({}, seed=0)
-        self._ref_true = ideal.reading(self.stage.diagnostic).stats
-        self._ref_noisy = self._twin.trace({}, seed=0, noise=True).reading(
-            self.stage.diagnostic).stats
+        self._twins: dict[int, tuple[Twin, BeamStats, BeamStats]] = {}
+        self._ref_true, self._ref_noisy = self._variant(0)[1:]
         self._span = default_span(self.desc, self.stage, cfg.span_sigmas)
         d = self.stage.dof
         self.action_space = gym.spaces.Box(-1.0, 1.0, (d,), dtype=np.float32)
@@ -187,21 +228,29 @@ class AlignEnv(gym.Env):
         self._aligned = 0
         self._ref = self._ref_true
 
+    def _variant(self, k: int) -> tuple[Twin, BeamStats, BeamStats]:
+        """The twin of energy *k* and its ideal reading (true, noisy), built once."""
+        if k not in self._twins:
+            twin = Twin(self._descs[k], backend=self.config.backend, rays=self.config.rays)
+            diag = self.stage.diagnostic
+            self._twins[k] = (twin, twin.trace({}, seed=0).reading(diag).stats,
+                              twin.trace({}, seed=0, noise=True).reading(diag).stats)
+        return self._twins[k]
+
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """A new misaligned beamline; options ``{"misalign": float}`` fixes the scale."""
         super().reset(seed=seed)
-        rng = self.np_random
-        lo, hi = self.config.misalign_range
-        scale = float((options or {}).get("misalign", rng.uniform(lo, hi)))
-        episode_seed = int(rng.integers(0, 2**31 - 1))
-        noise = bool(rng.random() < self.config.p_noise)
-        backlash = bool(rng.random() < self.config.p_backlash)
-        full = HiddenErrors.draw(self.desc, scale, episode_seed)
+        scale, episode_seed, noise, backlash, source, k = self.config.draw_episode(
+            self.desc, self.np_random)
+        scale = float((options or {}).get("misalign", scale))
+        twin, self._ref_true, self._ref_noisy = self._variant(k)
+        desc = self._descs[k]
+        full = HiddenErrors.draw(desc, scale, episode_seed)
         hidden = HiddenErrors({m: v for m, v in full.offsets.items() if m in self.stage.motors},
                               scale, episode_seed)
-        self.beamline = TwinBeamline(self.desc, hidden=hidden, seed=episode_seed, noise=noise,
-                                     disturbances=backlash, twin=self._twin)
+        self.beamline = TwinBeamline(desc, hidden=hidden, seed=episode_seed, noise=noise,
+                                     disturbances=backlash, twin=twin, source=source)
         self._ref = self._ref_noisy if noise else self._ref_true
         self.problem = AlignmentProblem(
             self.beamline, self.stage, Objective(self.stage, self._ref), span=self._span,
@@ -213,7 +262,9 @@ class AlignEnv(gym.Env):
         self._u, self._fom, self._aligned = ev.u.copy(), ev.fom, 0
         obs = observation_vector(ev.judgement, ev.observation.reading(
             self.stage.diagnostic).stats, self._ref, self._u)
-        return obs, self._info(ev.judgement, scale)
+        info = self._info(ev.judgement, scale)
+        info["energy_eV"] = desc.energy_eV
+        return obs, info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Move by *action* (clipped to the action space), observe, reward progress."""
@@ -262,42 +313,50 @@ class AlignEnv(gym.Env):
         return Objective(self.stage, self._ref_true).judge(self.beamline.ground_truth()).success
 
 
+@dataclass
+class _Variant:
+    """One energy of a vector environment: its fast twin, design and reference."""
+
+    desc: BeamlineDescription
+    ft: Any  # twin.fast.FastTwin
+    design: torch.Tensor
+    lo: np.ndarray
+    hi: np.ndarray
+    x0: np.ndarray
+    ref: BeamStats
+    objective: Objective
+
+
 class AlignVecEnv(gym.vector.VectorEnv):
     """``num_envs`` beamlines aligned at once, traced in one batched fast-twin call.
 
-    Same spaces, rewards and termination as :class:`AlignEnv` (noise: photon and
-    knife-edge noise on the readings; no motor travel time, no backlash).
-    Sub-environments that end are reset automatically on the next step.
+    Same spaces, rewards, termination and domain randomisation as :class:`AlignEnv`
+    (noise: photon and knife-edge noise on the readings; no motor travel time, no
+    backlash). Sub-environments that end are reset automatically on the next step;
+    :meth:`reset_done` resets them at once instead (stable-baselines3's convention).
     """
 
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
 
     def __init__(self, num_envs: int = 16, config: AlignConfig | None = None,
                  **overrides: Any) -> None:
-        from twin.fast import FastTwin
+        from twin.fast import SOURCE_FIELDS, FastTwin
 
         steps = overrides.pop("max_episode_steps", None)  # gym.make_vec passes the spec's
         if steps is not None and "max_steps" not in overrides:
             overrides["max_steps"] = int(steps)
         cfg = replace(config or AlignConfig(), **overrides)
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise ConfigError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         self.config = cfg
-        self.num_envs = int(num_envs)
-        self.desc = load_preset(cfg.preset)
+        self.num_envs = num_envs
+        descs = cfg.descriptions()
+        self.desc = descs[0]
         self.stage = stage(self.desc, cfg.stage)
-        self.ft = FastTwin(self.desc, rays=cfg.rays)
+        self._variants = [self._make_variant(d, FastTwin) for d in descs]
+        self.ft = self._variants[0].ft
         names = self.ft.motor_names
         self._cols = [names.index(m) for m in self.stage.motors]
-        design = self.desc.design_positions()
-        self._design = torch.tensor([design[n] for n in names], dtype=self.ft.dtype)
-        span = default_span(self.desc, self.stage, cfg.span_sigmas)
-        self._span = np.array([span[m] for m in self.stage.motors])
-        lims = [(self.desc.motor(m).low, self.desc.motor(m).high) for m in self.stage.motors]
-        x0 = np.array([design[m] for m in self.stage.motors])
-        self._lo = np.maximum(x0 - self._span, [lo for lo, _ in lims])
-        self._hi = np.minimum(x0 + self._span, [hi for _, hi in lims])
-        ideal = self.ft.to_numpy(self.ft.observe(self._design[None, :]))[self.stage.diagnostic]
-        self._ref = BeamStats(**{k: float(v[0]) for k, v in ideal.items()})
-        self._objective = Objective(self.stage, self._ref)
         d = self.stage.dof
         self.single_action_space = gym.spaces.Box(-1.0, 1.0, (d,), dtype=np.float32)
         self.single_observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND,
@@ -308,6 +367,9 @@ class AlignVecEnv(gym.vector.VectorEnv):
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space,
                                                               self.num_envs)
         self._hidden = torch.zeros(self.num_envs, len(names), dtype=self.ft.dtype)
+        self._source = torch.zeros(self.num_envs, len(SOURCE_FIELDS), dtype=self.ft.dtype)
+        self._source[:, 4:] = 1.0
+        self._variant = np.zeros(self.num_envs, dtype=int)
         self._u = np.zeros((self.num_envs, d))
         self._fom = np.zeros(self.num_envs)
         self._aligned = np.zeros(self.num_envs, dtype=int)
@@ -316,44 +378,74 @@ class AlignVecEnv(gym.vector.VectorEnv):
         self._needs_reset = np.zeros(self.num_envs, dtype=bool)
         self._rng = np.random.default_rng()
 
+    def _make_variant(self, desc: BeamlineDescription, fast_twin: type) -> _Variant:
+        cfg = self.config
+        ft = fast_twin(desc, rays=cfg.rays)
+        design = desc.design_positions()
+        design_t = torch.tensor([design[n] for n in ft.motor_names], dtype=ft.dtype)
+        span = default_span(desc, self.stage, cfg.span_sigmas)
+        span_a = np.array([span[m] for m in self.stage.motors])
+        x0 = np.array([design[m] for m in self.stage.motors])
+        lo = np.maximum(x0 - span_a, [desc.motor(m).low for m in self.stage.motors])
+        hi = np.minimum(x0 + span_a, [desc.motor(m).high for m in self.stage.motors])
+        with torch.no_grad():
+            ideal = ft.to_numpy(ft.observe(design_t[None, :]))[self.stage.diagnostic]
+        ref = BeamStats(**{k: float(v[0]) for k, v in ideal.items()})
+        return _Variant(desc, ft, design_t, lo, hi, x0, ref, Objective(self.stage, ref))
+
     # ------------------------------------------------------------------ helpers
     def _draw(self, i: int) -> None:
-        lo, hi = self.config.misalign_range
-        scale = float(self._rng.uniform(lo, hi))
-        seed = int(self._rng.integers(0, 2**31 - 1))
-        full = HiddenErrors.draw(self.desc, scale, seed)
+        cfg = self.config
+        scale, seed, noise, _, source, k = cfg.draw_episode(self.desc, self._rng)
+        v = self._variants[k]
+        full = HiddenErrors.draw(v.desc, scale, seed)
         row = torch.zeros(len(self.ft.motor_names), dtype=self.ft.dtype)
         for m in self.stage.motors:
-            row[self.ft.motor_names.index(m)] = full.offset(m)
+            row[self._cols[self.stage.motors.index(m)]] = full.offset(m)
         self._hidden[i] = row
-        x0 = np.array([self.desc.motor(m).position for m in self.stage.motors])
-        self._u[i] = 2.0 * (x0 - self._lo) / (self._hi - self._lo) - 1.0
-        self._noise[i] = bool(self._rng.random() < self.config.p_noise)
+        src = source or SourcePerturbation()
+        self._source[i] = torch.tensor([src.dx_um, src.dy_um, src.dxp_urad, src.dyp_urad,
+                                        src.size_x_scale, src.size_y_scale],
+                                       dtype=self.ft.dtype)
+        self._variant[i] = k
+        self._u[i] = 2.0 * (v.x0 - v.lo) / (v.hi - v.lo) - 1.0
+        self._noise[i] = noise
         self._aligned[i] = 0
         self._steps[i] = 0
 
-    def _observe(self) -> tuple[np.ndarray, list[Judgement]]:
-        x = self._lo + (self._u + 1.0) * 0.5 * (self._hi - self._lo)
-        pos = self._design.repeat(self.num_envs, 1)
-        pos[:, self._cols] = torch.as_tensor(x, dtype=self.ft.dtype)
-        with torch.no_grad():
-            out = self.ft.to_numpy(self.ft.observe(pos, self._hidden))[self.stage.diagnostic]
-        obs, judged = [], []
+    def _observe(self, idx: np.ndarray | None = None) -> tuple[np.ndarray, list[Judgement]]:
+        """Observations and judgements of sub-environments *idx* (default: all), in order."""
+        idx = np.arange(self.num_envs) if idx is None else np.asarray(idx, dtype=int)
         keys = ("flux", "centroid_x_um", "centroid_y_um", "fwhm_x_um", "fwhm_y_um",
                 "rms_x_um", "rms_y_um")
-        for i in range(self.num_envs):
-            s = BeamStats(**{k: float(out[k][i]) if k in out else math.nan for k in keys})
+        stats: dict[int, BeamStats] = {}
+        for k, v in enumerate(self._variants):
+            sel = idx[self._variant[idx] == k]
+            if sel.size == 0:
+                continue
+            x = v.lo + (self._u[sel] + 1.0) * 0.5 * (v.hi - v.lo)
+            pos = v.design.repeat(sel.size, 1)
+            pos[:, self._cols] = torch.as_tensor(x, dtype=self.ft.dtype)
+            src = self._source[sel] if self.config.p_source > 0 else None
+            with torch.no_grad():
+                out = v.ft.to_numpy(v.ft.observe(pos, self._hidden[sel], source=src))[
+                    self.stage.diagnostic]
+            for r, i in enumerate(sel):
+                stats[int(i)] = BeamStats(**{q: float(out[q][r]) if q in out else math.nan
+                                             for q in keys})
+        obs, judged = [], []
+        for i in idx:
+            s = stats[int(i)]
             if self._noise[i] and s.flux > 0:
                 k = 1e-3  # relative photon noise of a 0.1 s exposure at ~1e12 ph/s and more
                 g = self._rng.standard_normal(3)
-                s = BeamStats(flux=s.flux * (1 + k * g[0]), centroid_x_um=s.centroid_x_um,
-                              centroid_y_um=s.centroid_y_um,
-                              fwhm_x_um=s.fwhm_x_um * (1 + 0.01 * g[1]),
-                              fwhm_y_um=s.fwhm_y_um * (1 + 0.01 * g[2]),
-                              rms_x_um=s.rms_x_um, rms_y_um=s.rms_y_um)
-            j = self._objective.judge_stats(s)
+                s = replace(s, flux=s.flux * (1 + k * g[0]),
+                            fwhm_x_um=s.fwhm_x_um * (1 + 0.01 * g[1]),
+                            fwhm_y_um=s.fwhm_y_um * (1 + 0.01 * g[2]))
+            v = self._variants[self._variant[i]]
+            j = v.objective.judge_stats(s)
             judged.append(j)
-            obs.append(observation_vector(j, s, self._ref, self._u[i]))
+            obs.append(observation_vector(j, s, v.ref, self._u[i]))
         return np.stack(obs), judged
 
     # ------------------------------------------------------------------ API
@@ -368,6 +460,22 @@ class AlignVecEnv(gym.vector.VectorEnv):
         self._fom = np.array([j.fom for j in judged])
         self._needs_reset[:] = False
         return obs, {"fom": self._fom.copy()}
+
+    def reset_done(self, mask: np.ndarray) -> np.ndarray:
+        """Reset the sub-environments in *mask* now; returns their first observations.
+
+        For learners whose vector environments reset in the same step that ends an
+        episode (stable-baselines3), instead of on the next one.
+        """
+        idx = np.flatnonzero(np.asarray(mask, dtype=bool))
+        if idx.size == 0:
+            return np.zeros((0,) + self.single_observation_space.shape, dtype=np.float32)
+        for i in idx:
+            self._draw(int(i))
+        obs, judged = self._observe(idx)
+        self._fom[idx] = [j.fom for j in judged]
+        self._needs_reset[idx] = False
+        return obs
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                  np.ndarray, dict[str, Any]]:

@@ -9,6 +9,7 @@ import pickle
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 import agents
@@ -19,7 +20,7 @@ from agents.objective import Objective
 from agents.problem import AlignmentProblem, default_span
 from agents.registry import AGENTS, make_agent
 from agents.stages import STAGE_ORDER, stage, stages
-from twin.errors import NonFiniteError, UnknownNameError
+from twin.errors import ConfigError, NonFiniteError, UnknownNameError
 from twin.hidden import HiddenErrors
 from twin.observation import BeamStats
 from twin.simulator import TwinBeamline
@@ -144,6 +145,41 @@ def test_vector_env_steps_a_batch_on_the_fast_twin():
     obs2, _ = gym.make_vec(agents.ENV_ID, num_envs=4, vectorization_mode="vector_entry_point",
                            stage="mono", rays=500).reset(seed=2)
     np.testing.assert_array_equal(obs2, vec.reset(seed=2)[0])
+
+
+def test_vector_env_randomises_energy_and_source_per_episode_and_resets_in_place():
+    vec = agents.env.AlignVecEnv(8, stage="kb", rays=300, p_source=1.0,
+                                 energies_eV=(9500.0, 10500.0))
+    obs, _ = vec.reset(seed=3)
+    assert set(vec._variant.tolist()) == {0, 1}  # both energies drawn
+    assert [v.desc.energy_eV for v in vec._variants] == [9500.0, 10500.0]
+    assert vec._variants[0].ref.flux != vec._variants[1].ref.flux  # each its own reference
+    assert torch.all(vec._source[:, :4] != 0) and torch.all(vec._source[:, 4:] > 0)
+    again = agents.env.AlignVecEnv(8, stage="kb", rays=300, p_source=1.0,
+                                   energies_eV=(9500.0, 10500.0)).reset(seed=3)[0]
+    np.testing.assert_array_equal(obs, again)  # seeded
+    before = vec._hidden.clone()
+    fresh = vec.reset_done(np.array([True] + [False] * 7))
+    assert fresh.shape == (1, obs.shape[1]) and not vec._needs_reset.any()
+    assert not torch.equal(before[0], vec._hidden[0]) and torch.equal(before[1:],
+                                                                      vec._hidden[1:])
+
+
+def test_single_env_randomises_energy_and_source(desc):
+    env = agents.env.AlignEnv(stage="mono", backend="fast", rays=500, p_source=1.0,
+                              energies_eV=(9500.0, 10500.0))
+    energies = {env.reset(seed=s)[1]["energy_eV"] for s in range(6)}
+    assert energies == {9500.0, 10500.0}
+    assert env.beamline._source is not None and env.beamline._source.size_x_scale > 0
+
+
+def test_env_config_refuses_bad_randomisation():
+    with pytest.raises(ConfigError, match="p_source"):
+        agents.env.AlignConfig(p_source=-0.1)
+    with pytest.raises(ConfigError, match="source_scale"):
+        agents.env.AlignConfig(source_scale=float("inf"))
+    with pytest.raises(ConfigError, match="energies_eV"):
+        agents.env.AlignConfig(energies_eV=(0.0,))
 
 
 # --------------------------------------------------------------------------- agents
