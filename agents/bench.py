@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from agents.harness import BenchSettings, References, TrialResult, align, stage_trial
+from agents.harness import (
+    BenchSettings,
+    References,
+    TrialResult,
+    align,
+    check_agent,
+    stage_trial,
+)
 from agents.objective import FLUX_FLOOR, SIZE_CAP
 from agents.registry import make_agent
 from agents.stages import stage, stages
@@ -56,8 +63,10 @@ def bench_align(desc: BeamlineDescription, agent_names: Sequence[str], stage_nam
     """Run every agent on the same *trials* beamlines; returns (JSON doc, raw results)."""
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ConfigError(f"trials must be an integer >= 1, got {trials!r}")
-    stage(desc, stage_name)  # refuse an unknown stage before any work
+    st = stage(desc, stage_name)  # refuse an unknown stage before any work
     agents = {n: make_agent(n) for n in agent_names}  # refuse unknown agents up front
+    for agent in agents.values():
+        check_agent(agent, st)
     refs = References.of(desc, settings)
     raw: dict[str, list[TrialResult]] = {}
     for name, agent in agents.items():

@@ -30,16 +30,28 @@ from twin.protocol import MovableBeamline
 from twin.simulator import TwinBeamline
 from twin.tracer import Twin
 
-__all__ = ["Agent", "TrialResult", "run_trial", "stage_trial", "align", "ideal_references",
-           "BenchSettings", "References"]
+__all__ = ["Agent", "check_agent", "TrialResult", "run_trial", "stage_trial", "align",
+           "ideal_references", "BenchSettings", "References"]
 
 
 class Agent(Protocol):
-    """What every agent provides: a name and ``run(problem, rng) -> chosen point``."""
+    """What every agent provides: a name and ``run(problem, rng) -> chosen point``.
+
+    An agent that can refuse a stage up front (a learned policy trained for other
+    motors) also has ``check(stage)``, which raises before anything moves; see
+    :func:`check_agent`.
+    """
 
     name: str
 
     def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray: ...
+
+
+def check_agent(agent: Agent, st: Stage) -> None:
+    """Let *agent* refuse stage *st* before anything moves (if it has such a check)."""
+    check = getattr(agent, "check", None)
+    if check is not None:
+        check(st)
 
 
 @dataclass(frozen=True)
@@ -239,10 +251,13 @@ def align(desc: BeamlineDescription, beamline: MovableBeamline,
             raise ConfigError(f"unknown alignment stage {n!r}; available: "
                               f"{', '.join(available)}")
     say = progress or (lambda m: None)
+    chosen = {n: agents(available[n]) for n in names}
+    for n, agent in chosen.items():  # refuse before the first stage moves anything
+        check_agent(agent, available[n])
     out = []
     for k, n in enumerate(names):
         st = available[n]
-        agent = agents(st)
+        agent = chosen[n]
         say(f"stage {n} ({st.dof} DOF, judged at {st.diagnostic}) with {agent.name}")
         problem = AlignmentProblem(beamline, st,
                                    Objective(st, references.measured[st.diagnostic]),

@@ -5,7 +5,8 @@ few probing points, fits the hidden offsets of the stage's motors to those
 readings with :func:`twin.calibrate.calibrate` (gradient descent through the
 fast twin), and moves to where the calibrated twin is aligned: every motor at
 ``design - fitted offset``. Each new reading joins the fit. When the model's
-prediction stops improving the beam, it refines locally with Nelder-Mead.
+prediction stops improving the beam, it refines locally: with one simplex per
+focusing plane on a KB pair (:mod:`agents.separable`), with Nelder-Mead otherwise.
 
 Offsets of motors outside the stage are not fitted: on a beamline aligned
 stage by stage they are the earlier stages' business, and whatever is left of
@@ -20,6 +21,8 @@ import numpy as np
 
 from agents.classic import NelderMeadAgent
 from agents.problem import AlignmentProblem, Evaluation
+from agents.separable import SeparableSimplex, focusing_planes
+from agents.stages import Stage
 from twin.description import BeamlineDescription
 
 __all__ = ["ModelBasedAgent"]
@@ -35,6 +38,8 @@ class ModelBasedAgent:
         The beamline (default: taken from the problem's beamline when it has one).
     probe : float
         Half-width of the probing moves around the start, agent units.
+    probe_sides : {1, 2}
+        Probe each motor one way (+) or both ways.
     rounds : int
         Calibrate-and-move rounds before local refinement.
     rays : int
@@ -45,15 +50,21 @@ class ModelBasedAgent:
     downstream : bool
         Fit the readings of the imaging diagnostics downstream of the judge too (the
         detector sees where the KB points the beam after the focus).
+    separable : bool
+        Refine a stage of mirrors focusing in both planes (a KB pair) with one simplex
+        per plane (:class:`~agents.separable.SeparableSimplex`) instead of one
+        Nelder-Mead simplex over every motor.
     """
 
     desc: BeamlineDescription | None = None
     probe: float = 0.25
+    probe_sides: int = 2
     rounds: int = 4
     rays: int = 2000
     steps: int = 6
     stop_fom: float = 0.95
     downstream: bool = True
+    separable: bool = True
     name: str = "model"
 
     def _diagnostics(self, desc: BeamlineDescription, st) -> list[str]:
@@ -64,6 +75,9 @@ class ModelBasedAgent:
             names += [e.name for e in desc.elements[i + 1:]
                       if e.kind in ("screen", "sample", "detector")]
         return names
+
+    def _done(self, ev: Evaluation, st: Stage) -> bool:
+        return ev.judgement.looks_aligned(self.stop_fom, st.goal)
 
     def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray:
         """Align; returns the chosen point."""
@@ -86,8 +100,8 @@ class ModelBasedAgent:
 
         # probes: each motor moved both ways, so every offset shows in the readings
         for i in range(problem.dim):
-            for sign in (1.0, -1.0):
-                if best.fom >= self.stop_fom or problem.remaining <= 1:
+            for sign in (1.0, -1.0)[:self.probe_sides]:
+                if self._done(best, st) or problem.remaining <= 1:
                     return best.u.copy()
                 u = seen[0].u.copy()
                 u[i] = np.clip(u[i] + sign * self.probe, -1, 1)
@@ -95,7 +109,7 @@ class ModelBasedAgent:
         design = desc.design_positions()
         last_fom = -1.0
         for _ in range(self.rounds):
-            if best.fom >= self.stop_fom or problem.remaining <= 1:
+            if self._done(best, st) or problem.remaining <= 1:
                 return best.u.copy()
             usable = [e for e in seen if e.judgement.flux_ratio > 0]
             if not usable:
@@ -108,7 +122,11 @@ class ModelBasedAgent:
             if ev.fom <= last_fom * 1.02:
                 break  # the model no longer improves the beam: refine locally
             last_fom = ev.fom
-        if best.fom < self.stop_fom and problem.remaining > 1:
+        if not self._done(best, st) and problem.remaining > 1:
+            planes = focusing_planes(desc, st) if self.separable else None
+            if planes is not None:
+                return SeparableSimplex(stop_fom=self.stop_fom).continue_from(problem, best,
+                                                                              planes)
             refine = NelderMeadAgent(initial_step=0.05, stop_fom=self.stop_fom)
             return refine.continue_from(problem, best)
         return best.u.copy()

@@ -33,12 +33,15 @@ from dataclasses import dataclass
 from agents.stages import Stage
 from twin.observation import BeamStats, Observation
 
-__all__ = ["Objective", "Judgement", "FLUX_FLOOR"]
+__all__ = ["Objective", "Judgement", "FLUX_FLOOR", "SIZE_CAP", "SIZE_STOP"]
 
 #: flux fraction below which the figure of merit is penalised (and success refused)
 FLUX_FLOOR = 0.9
 #: allowed spot size relative to the reference, for success
 SIZE_CAP = 1.1
+#: measured spot size relative to the reference at which agents may stop (a margin
+#: inside SIZE_CAP for the measurement noise)
+SIZE_STOP = 1.05
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class Judgement:
     offset_um : float
         Centroid distance from the reference centroid, um (NaN without beam).
     success : bool
+    fwhm_x_ratio, fwhm_y_ratio : float
+        Each FWHM relative to the reference (NaN without beam).
     """
 
     fom: float
@@ -62,6 +67,18 @@ class Judgement:
     fwhm_ratio: float
     offset_um: float
     success: bool
+    fwhm_x_ratio: float = math.nan
+    fwhm_y_ratio: float = math.nan
+
+    def looks_aligned(self, stop_fom: float, goal: str, size_margin: float = SIZE_STOP) -> bool:
+        """Whether an agent may stop here: the figure of merit at *stop_fom* and, for a
+        focus, each FWHM within *size_margin* of the reference (a bright spot can hide
+        one axis too wide behind the other too narrow)."""
+        if not self.fom >= stop_fom:
+            return False
+        if goal in ("focus", "target"):
+            return bool(self.fwhm_x_ratio <= size_margin and self.fwhm_y_ratio <= size_margin)
+        return True
 
 
 def _finite(v: float) -> bool:
@@ -116,7 +133,9 @@ class Objective:
         if goal in ("centre", "target"):
             tol = max(0.5, 0.25 * ref_w) if math.isfinite(ref_w) else math.inf
             ok = ok and math.isfinite(offset) and offset <= tol
-        return Judgement(fom, t, wr, offset, bool(ok))
+        rx = s.fwhm_x_um / ref.fwhm_x_um if math.isfinite(wr) else math.nan
+        ry = s.fwhm_y_um / ref.fwhm_y_um if math.isfinite(wr) else math.nan
+        return Judgement(fom, t, wr, offset, bool(ok), rx, ry)
 
     def judge(self, obs: Observation) -> Judgement:
         """Judge an observation at the stage's diagnostic."""

@@ -8,20 +8,21 @@ from agents.bayes import BayesOptAgent
 from agents.classic import NelderMeadAgent, RandomAgent, ScanAgent
 from agents.harness import Agent
 from agents.model_based import ModelBasedAgent
-from twin.errors import ConfigError, UnknownNameError
+from agents.rl import HybridAgent, RLAgent
+from twin.errors import UnknownNameError
 
-__all__ = ["AGENTS", "PLANNED", "make_agent", "DEFAULT_AGENT"]
+__all__ = ["AGENTS", "make_agent", "DEFAULT_AGENT"]
 
-#: built agents: name -> factory
+#: every agent: name -> factory
 AGENTS: dict[str, Callable[[], Agent]] = {
     "scan": ScanAgent,
     "nm": NelderMeadAgent,
     "random": RandomAgent,
     "bo": BayesOptAgent,
     "model": ModelBasedAgent,
+    "rl": RLAgent,
+    "hybrid": HybridAgent,
 }
-#: agents the benchmark names that are not built yet
-PLANNED = ("rl", "hybrid")
 #: the best agent of the benchmark (docs/agents.md: most successes on kb, 100 % on mono),
 #: used when none is named
 DEFAULT_AGENT = "model"
@@ -33,14 +34,8 @@ def make_agent(name: str) -> Agent:
     Raises
     ------
     UnknownNameError
-        For a name that is neither built nor planned.
-    ConfigError
-        For a planned agent that is not built yet.
+        For a name that is not an agent.
     """
     if name in AGENTS:
         return AGENTS[name]()
-    if name in PLANNED:
-        raise ConfigError(f"agent {name!r} is not built yet; available agents: "
-                          f"{', '.join(AGENTS)}")
-    raise UnknownNameError(f"unknown agent {name!r}; available agents: {', '.join(AGENTS)} "
-                           f"(planned: {', '.join(PLANNED)})")
+    raise UnknownNameError(f"unknown agent {name!r}; available agents: {', '.join(AGENTS)}")

@@ -17,6 +17,7 @@ Commands
 ``beamtwin ioc``            serve the beamline as simulated EPICS IOCs
 ``beamtwin align``          one-click progressive alignment of a simulated beamline
 ``beamtwin bench align``    alignment agents on equal terms
+``beamtwin train``          train an RL alignment policy on the fast twin
 """
 
 from __future__ import annotations
@@ -432,6 +433,76 @@ def bench_align_cmd(preset: str | None, agent_list: str, stage_name: str, trials
                              f" {a['final_fwhm_ratio'] or 0:>5.2f} "
                              f"{a['optimizer_s_per_eval']:.4f}")
             return "\n".join(lines)
+
+        _emit(as_json, doc, text)
+
+    _run(as_json, body)
+
+
+def _energies(value: str | None) -> tuple[float, ...]:
+    items = _split(value) or []
+    out = []
+    for v in items:
+        try:
+            out.append(float(v))
+        except ValueError:
+            raise ConfigError(f"--energies takes energies in eV, comma-separated; got "
+                              f"{v!r}") from None
+    return tuple(out)
+
+
+@cli.command("train")
+@preset_option
+@click.option("--stage", "stage_name", default="kb", show_default=True, help="Stage to learn.")
+@click.option("--algo", type=click.Choice(["ppo", "sac", "td3"]), default="ppo",
+              show_default=True, help="stable-baselines3 algorithm.")
+@click.option("--timesteps", type=int, default=200_000, show_default=True,
+              help="Environment steps, summed over the parallel beamlines.")
+@click.option("--envs", "num_envs", type=int, default=16, show_default=True,
+              help="Beamlines traced in one batch.")
+@click.option("--rays", type=int, default=300, show_default=True,
+              help="Rays per beamline state (fast twin).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-steps", type=int, default=25, show_default=True, help="Steps per episode.")
+@click.option("--max-step", type=float, default=0.2, show_default=True,
+              help="Largest move per step, fraction of each motor's search half-width.")
+@click.option("--p-source", type=float, default=0.5, show_default=True,
+              help="Probability of a source that is not the design's (domain randomisation).")
+@click.option("--energies", default=None, metavar="E1,E2",
+              help="Photon energies drawn per episode, eV [default: the design energy].")
+@click.option("--eval-every", type=int, default=50_000, show_default=True,
+              help="Timesteps between evaluations (0: none).")
+@click.option("--checkpoint-every", type=int, default=100_000, show_default=True,
+              help="Timesteps between checkpoints (0: none).")
+@click.option("--out", type=click.Path(file_okay=False), default="beamtwin-policies",
+              show_default=True, help="Folder for the policy, its metadata and checkpoints.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress bar on stderr.")
+@json_option
+def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, num_envs: int,
+              rays: int, seed: int, max_steps: int, max_step: float, p_source: float,
+              energies: str | None,
+              eval_every: int, checkpoint_every: int, out: str, progress: bool,
+              as_json: bool) -> None:
+    """Train an RL alignment policy for one stage on the fast twin (stable-baselines3)."""
+
+    def body() -> None:
+        from agents.rl import TrainConfig, train
+        from agents.stages import stage
+
+        stage(load_preset(preset), stage_name)  # an unknown stage fails before training
+        cfg = TrainConfig(stage=stage_name, algo=algo, timesteps=timesteps, num_envs=num_envs,
+                          rays=rays, seed=seed, preset=preset, max_steps=max_steps,
+                          max_step=max_step, p_source=p_source, energies_eV=_energies(energies),
+                          eval_every=eval_every, checkpoint_every=checkpoint_every)
+        doc = train(cfg, out, progress=progress).to_dict()
+
+        def text() -> str:
+            e = doc["eval"]
+            return (f"{doc['algo']} policy for stage {doc['stage']}: {doc['policy']} "
+                    f"({doc['timesteps']} steps in {doc['wall_s']:.0f} s); on "
+                    f"{e['episodes']} fresh beamlines: {e['success_rate']:.0%} aligned, "
+                    f"median {e['median_steps']:.0f} steps")
 
         _emit(as_json, doc, text)
 

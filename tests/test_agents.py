@@ -67,6 +67,18 @@ def test_a_clipped_spot_does_not_look_good(desc):
     assert obj.judge_stats(BeamStats(flux=0.0)).fom == 0.0
 
 
+def test_a_bright_spot_with_one_axis_too_wide_does_not_look_aligned(desc):
+    st = stage(desc, "kb")
+    obj = Objective(st, REF)
+    # x focused tighter than the reference, y 15 % too wide: bright, yet not aligned
+    j = obj.judge_stats(BeamStats(flux=1e13, centroid_x_um=0, centroid_y_um=0, fwhm_x_um=0.8,
+                                  fwhm_y_um=0.115, rms_x_um=0.34, rms_y_um=0.049))
+    assert j.fom > 0.95 and not j.success
+    assert j.fwhm_x_ratio == pytest.approx(0.8) and j.fwhm_y_ratio == pytest.approx(1.15)
+    assert not j.looks_aligned(0.95, st.goal)
+    assert j.looks_aligned(0.95, "centre")  # a centring stage does not judge sizes
+
+
 def test_centre_goal_penalises_an_offset_beam(desc):
     obj = Objective(stage(desc, "mono"), REF)
     off = obj.judge_stats(BeamStats(flux=1e13, centroid_x_um=0.0, centroid_y_um=1.0,

@@ -178,7 +178,8 @@ def test_align_without_agent_uses_the_benchmarks_best():
 
 @pytest.mark.parametrize("args,needle", [
     (["bench", "align", "--agents", "scan,bogus"], "unknown agent 'bogus'"),
-    (["bench", "align", "--agents", "rl"], "not built yet"),
+    (["bench", "align", "--agents", "rl", "--stage", "full"], "no shipped policy for stage"),
+    (["align", "--agent", "hybrid", "--stages", "mono,full"], "no shipped policy for stage"),
     (["bench", "align", "--stage", "kbb"], "unknown alignment stage"),
     (["bench", "align", "--trials", "0"], "trials"),
     (["align", "--budget", "1"], "--budget"),
@@ -188,3 +189,28 @@ def test_align_without_agent_uses_the_benchmarks_best():
 def test_align_bad_input_exits_2_before_anything_moves(args, needle):
     code, doc = run(*args, "--json")
     assert code == 2 and needle in doc["error"]
+
+
+def test_train_json_writes_a_policy_and_its_metadata(tmp_path):
+    code, doc = run("train", "--stage", "mono", "--algo", "ppo", "--timesteps", "64", "--envs",
+                    "2", "--rays", "100", "--eval-every", "0", "--checkpoint-every", "0",
+                    "--max-steps", "4", "--no-progress", "--out", str(tmp_path), "--json")
+    assert code == 0, doc
+    assert set(doc) >= {"stage", "algo", "timesteps", "seed", "wall_s", "policy", "metadata",
+                        "eval"}
+    assert doc["policy"].endswith("mono.zip") and (tmp_path / "mono.zip").is_file()
+    meta = json.loads((tmp_path / "mono.json").read_text())
+    assert meta["config"]["max_steps"] == 4 and meta["config"]["rays"] == 100
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--stage", "kbb"], "unknown alignment stage"),
+    (["--timesteps", "0"], "timesteps must be"),
+    (["--p-source", "2"], "p_source"),
+    (["--energies", "9e3,x"], "--energies"),
+    (["--max-step", "0"], "max_step"),
+])
+def test_train_bad_input_exits_2_before_training(args, needle, tmp_path):
+    code, doc = run("train", *args, "--out", str(tmp_path / "never"), "--json")
+    assert code == 2 and needle in doc["error"]
+    assert not (tmp_path / "never").exists()
