@@ -67,13 +67,12 @@ def bench_align(desc: BeamlineDescription, agent_names: Sequence[str], stage_nam
     agents = {n: make_agent(n) for n in agent_names}  # refuse unknown agents up front
     for agent in agents.values():
         check_agent(agent, st)
-    refs = References.of(desc, settings)
     raw: dict[str, list[TrialResult]] = {}
     for name, agent in agents.items():
         raw[name] = []
         for k in range(trials):
             raw[name].append(stage_trial(desc, stage_name, agent, seed=seed + k,
-                                         settings=settings, references=refs))
+                                         settings=settings))
             if progress is not None:
                 progress(name, k + 1, trials)
     doc = {"stage": stage_name, "trials": trials, "seed": seed,
@@ -97,7 +96,7 @@ def one_click_align(desc: BeamlineDescription, *, agent_name: str | None,
 
     name = agent_name or DEFAULT_AGENT
     make_agent(name)
-    refs = References.of(desc, settings)
+    refs = References.of(desc, settings, seed)  # the ideal beamline with the same rays
     hidden = HiddenErrors.draw(desc, settings.misalign, seed)
     bl = TwinBeamline(desc, hidden=hidden, seed=seed, backend=settings.backend,
                       rays=settings.rays, noise=settings.noise,

@@ -17,7 +17,9 @@ observation
     normalised (flux relative to the reference, centroid offset ``c`` in units
     of the reference FWHM as ``sign(c) log(1 + |c|)``, log FWHM ratios, the
     figure of merit, whether any beam is seen) and the motors' positions in the
-    search box (``u``, from the encoders).
+    search box (``u``, from the encoders). With ``image_pixels = n`` an ``n x n``
+    downsampled image of the area detector follows, each pixel's flux relative to
+    the reference flux at the stage's diagnostic: ``Box(-20, 20, (7 + d + n^2,))``.
 reward
     progress of the figure of merit, ``log(fom_t + 1e-3) - log(fom_{t-1} + 1e-3)``.
 terminated
@@ -58,7 +60,8 @@ from twin.presets import at_energy, load_preset
 from twin.simulator import TwinBeamline
 from twin.tracer import Twin
 
-__all__ = ["AlignConfig", "AlignEnv", "AlignVecEnv", "observation_vector", "OBS_FEATURES"]
+__all__ = ["AlignConfig", "AlignEnv", "AlignVecEnv", "observation_vector", "downsample",
+           "OBS_FEATURES"]
 
 #: readings features before the motor coordinates
 OBS_FEATURES = ("flux_ratio", "centroid_x", "centroid_y", "log_fwhm_x", "log_fwhm_y", "fom",
@@ -93,6 +96,8 @@ class AlignConfig:
         Size of that difference, in units of the preset's gap-dependence amplitudes.
     energies_eV : tuple of float
         Photon energies an episode is drawn from, eV (empty: the design energy).
+    image_pixels : int
+        Side of the downsampled detector image in the observation (0: none).
     stop_fom : float
         Figure of merit that counts as aligned.
     success_steps : int
@@ -115,6 +120,7 @@ class AlignConfig:
     p_source: float = 0.0
     source_scale: float = 1.0
     energies_eV: tuple[float, ...] = ()
+    image_pixels: int = 0
     stop_fom: float = 0.9
     success_steps: int = 2
     span_sigmas: float | None = None
@@ -138,6 +144,10 @@ class AlignConfig:
                (math.isfinite(e) and e > 0) for e in self.energies_eV):
             raise ConfigError(f"energies_eV must be finite energies > 0 (eV), got "
                               f"{self.energies_eV!r}")
+        if isinstance(self.image_pixels, bool) or not isinstance(self.image_pixels, int) or \
+                self.image_pixels < 0 or self.image_pixels == 1 or self.image_pixels > 64:
+            raise ConfigError(f"image_pixels must be 0 (no image) or an integer in [2, 64], got "
+                              f"{self.image_pixels!r}")
         if self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps!r}")
         if self.success_steps < 1:
@@ -162,6 +172,11 @@ class AlignConfig:
         return scale, seed, noise, backlash, source, variant
 
     @property
+    def obs_size(self) -> int:
+        """Length of the observation for a stage of *d* motors, less ``d``."""
+        return len(OBS_FEATURES) + self.image_pixels ** 2
+
+    @property
     def misalign_range(self) -> tuple[float, float]:
         """(low, high) of the hidden-error scale."""
         m = self.misalign
@@ -169,8 +184,21 @@ class AlignConfig:
                                                                          float(m[1]))
 
 
-def observation_vector(j: Judgement, s: BeamStats, ref: BeamStats, u: np.ndarray) -> np.ndarray:
-    """The observation of the module docstring, float32."""
+def downsample(image: np.ndarray, n: int) -> np.ndarray:
+    """Sum an image into ``n x n`` blocks (edges as even as the pixels allow)."""
+    ny, nx = image.shape
+    ey = np.linspace(0, ny, n + 1).astype(int)[:-1]
+    ex = np.linspace(0, nx, n + 1).astype(int)[:-1]
+    return np.add.reduceat(np.add.reduceat(image, ey, axis=0), ex, axis=1)
+
+
+def observation_vector(j: Judgement, s: BeamStats, ref: BeamStats, u: np.ndarray,
+                       image: np.ndarray | None = None) -> np.ndarray:
+    """The observation of the module docstring, float32.
+
+    *image*, optional, is the downsampled detector image (photons/s per block); it
+    is divided by the reference flux and appended after the motor coordinates.
+    """
     seen = s.flux > 0
     w = 0.5 * (ref.fwhm_x_um + ref.fwhm_y_um) if math.isfinite(ref.fwhm_x_um) else 1.0
 
@@ -188,8 +216,11 @@ def observation_vector(j: Judgement, s: BeamStats, ref: BeamStats, u: np.ndarray
     feats = [min(j.flux_ratio, 5.0), cen(s.centroid_x_um, ref.centroid_x_um),
              cen(s.centroid_y_um, ref.centroid_y_um), lw(s.fwhm_x_um, ref.fwhm_x_um),
              lw(s.fwhm_y_um, ref.fwhm_y_um), min(j.fom, 5.0), float(bool(seen))]
-    return np.concatenate([np.asarray(feats, dtype=np.float32),
-                           np.asarray(u, dtype=np.float32)])
+    parts = [np.asarray(feats, dtype=np.float32), np.asarray(u, dtype=np.float32)]
+    if image is not None:
+        scaled = np.asarray(image, dtype=float).ravel() / (ref.flux if ref.flux > 0 else 1.0)
+        parts.append(np.clip(scaled, 0.0, OBS_BOUND).astype(np.float32))
+    return np.concatenate(parts)
 
 
 def _reward(fom_new: float, fom_old: float) -> float:
@@ -214,13 +245,13 @@ class AlignEnv(gym.Env):
         self._descs = cfg.descriptions()
         self.desc: BeamlineDescription = self._descs[0]
         self.stage: Stage = stage(self.desc, cfg.stage)
-        self._twins: dict[int, tuple[Twin, BeamStats, BeamStats]] = {}
-        self._ref_true, self._ref_noisy = self._variant(0)[1:]
+        self._twins: dict[int, Twin] = {}
+        self._ref_true, self._ref_noisy = self._references(self._variant(0), 0)
         self._span = default_span(self.desc, self.stage, cfg.span_sigmas)
         d = self.stage.dof
         self.action_space = gym.spaces.Box(-1.0, 1.0, (d,), dtype=np.float32)
-        self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND,
-                                                (len(OBS_FEATURES) + d,), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, (cfg.obs_size + d,),
+                                                dtype=np.float32)
         self.problem: AlignmentProblem | None = None
         self.beamline: TwinBeamline | None = None
         self._u = np.zeros(d)
@@ -228,14 +259,25 @@ class AlignEnv(gym.Env):
         self._aligned = 0
         self._ref = self._ref_true
 
-    def _variant(self, k: int) -> tuple[Twin, BeamStats, BeamStats]:
-        """The twin of energy *k* and its ideal reading (true, noisy), built once."""
+    def _variant(self, k: int) -> Twin:
+        """The twin of energy *k*, built once."""
         if k not in self._twins:
-            twin = Twin(self._descs[k], backend=self.config.backend, rays=self.config.rays)
-            diag = self.stage.diagnostic
-            self._twins[k] = (twin, twin.trace({}, seed=0).reading(diag).stats,
-                              twin.trace({}, seed=0, noise=True).reading(diag).stats)
+            self._twins[k] = Twin(self._descs[k], backend=self.config.backend,
+                                  rays=self.config.rays)
         return self._twins[k]
+
+    def _references(self, twin: Twin, seed: int) -> tuple[BeamStats, BeamStats]:
+        """The ideal beamline's reading (true, as measured) with the episode's rays: the
+        ray sample alone moves the ideal flux by up to 10 % (see agents.harness.References)."""
+        diag = self.stage.diagnostic
+        return (twin.trace({}, seed=seed).reading(diag).stats,
+                twin.trace({}, seed=seed, noise=True).reading(diag).stats)
+
+    def _obs(self, ev: Any) -> np.ndarray:
+        n = self.config.image_pixels
+        image = downsample(ev.observation.detector.image, n) if n else None
+        return observation_vector(ev.judgement, ev.observation.reading(
+            self.stage.diagnostic).stats, self._ref, ev.u, image)
 
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -244,7 +286,8 @@ class AlignEnv(gym.Env):
         scale, episode_seed, noise, backlash, source, k = self.config.draw_episode(
             self.desc, self.np_random)
         scale = float((options or {}).get("misalign", scale))
-        twin, self._ref_true, self._ref_noisy = self._variant(k)
+        twin = self._variant(k)
+        self._ref_true, self._ref_noisy = self._references(twin, episode_seed)
         desc = self._descs[k]
         full = HiddenErrors.draw(desc, scale, episode_seed)
         hidden = HiddenErrors({m: v for m, v in full.offsets.items() if m in self.stage.motors},
@@ -260,8 +303,7 @@ class AlignEnv(gym.Env):
                                 divergence_count=10**9))
         ev = self.problem.observe_start()
         self._u, self._fom, self._aligned = ev.u.copy(), ev.fom, 0
-        obs = observation_vector(ev.judgement, ev.observation.reading(
-            self.stage.diagnostic).stats, self._ref, self._u)
+        obs = self._obs(ev)
         info = self._info(ev.judgement, scale)
         info["energy_eV"] = desc.energy_eV
         return obs, info
@@ -282,9 +324,7 @@ class AlignEnv(gym.Env):
         self._u, self._fom = ev.u.copy(), ev.fom
         self._aligned = self._aligned + 1 if ev.fom >= self.config.stop_fom else 0
         terminated = self._aligned >= self.config.success_steps
-        obs = observation_vector(ev.judgement, ev.observation.reading(
-            self.stage.diagnostic).stats, self._ref, self._u)
-        return obs, reward, terminated, False, self._info(ev.judgement)
+        return self._obs(ev), reward, terminated, False, self._info(ev.judgement)
 
     def _info(self, j: Judgement, scale: float | None = None) -> dict[str, Any]:
         info: dict[str, Any] = {"fom": j.fom, "flux_ratio": j.flux_ratio,
@@ -360,8 +400,7 @@ class AlignVecEnv(gym.vector.VectorEnv):
         d = self.stage.dof
         self.single_action_space = gym.spaces.Box(-1.0, 1.0, (d,), dtype=np.float32)
         self.single_observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND,
-                                                       (len(OBS_FEATURES) + d,),
-                                                       dtype=np.float32)
+                                                       (cfg.obs_size + d,), dtype=np.float32)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space,
                                                          self.num_envs)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space,
@@ -419,6 +458,8 @@ class AlignVecEnv(gym.vector.VectorEnv):
         keys = ("flux", "centroid_x_um", "centroid_y_um", "fwhm_x_um", "fwhm_y_um",
                 "rms_x_um", "rms_y_um")
         stats: dict[int, BeamStats] = {}
+        images: dict[int, np.ndarray] = {}
+        n = self.config.image_pixels
         for k, v in enumerate(self._variants):
             sel = idx[self._variant[idx] == k]
             if sel.size == 0:
@@ -433,6 +474,13 @@ class AlignVecEnv(gym.vector.VectorEnv):
             for r, i in enumerate(sel):
                 stats[int(i)] = BeamStats(**{q: float(out[q][r]) if q in out else math.nan
                                              for q in keys})
+            if n:
+                det = v.desc.detector
+                with torch.no_grad():
+                    img = v.ft.image(pos, det.name, self._hidden[sel], pixels=(n, n),
+                                     pixel_um=max(det.fov_um) / n, source=src)
+                for r, i in enumerate(sel):
+                    images[int(i)] = img[r].numpy()
         obs, judged = [], []
         for i in idx:
             s = stats[int(i)]
@@ -445,7 +493,7 @@ class AlignVecEnv(gym.vector.VectorEnv):
             v = self._variants[self._variant[i]]
             j = v.objective.judge_stats(s)
             judged.append(j)
-            obs.append(observation_vector(j, s, v.ref, self._u[i]))
+            obs.append(observation_vector(j, s, v.ref, self._u[i], images.get(int(i))))
         return np.stack(obs), judged
 
     # ------------------------------------------------------------------ API

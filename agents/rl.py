@@ -43,7 +43,14 @@ from stable_baselines3.common.callbacks import (
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 from agents.classic import NelderMeadAgent
-from agents.env import OBS_BOUND, OBS_FEATURES, AlignConfig, AlignVecEnv, observation_vector
+from agents.env import (
+    OBS_BOUND,
+    OBS_FEATURES,
+    AlignConfig,
+    AlignVecEnv,
+    downsample,
+    observation_vector,
+)
 from agents.problem import AlignmentProblem, Evaluation
 from agents.separable import SeparableSimplex, focusing_planes
 from agents.stages import Stage
@@ -100,6 +107,8 @@ class TrainConfig:
         Probability of a source that is not the design's (domain randomisation).
     energies_eV : tuple of float
         Photon energies drawn per episode (empty: the design energy).
+    image_pixels : int
+        Side of the downsampled detector image the policy also sees (0: none).
     net_arch : tuple of int
         Hidden layers of the policy and value networks.
     eval_every : int
@@ -124,6 +133,7 @@ class TrainConfig:
     misalign: tuple[float, float] = (0.5, 1.5)
     p_source: float = 0.5
     energies_eV: tuple[float, ...] = ()
+    image_pixels: int = 0
     net_arch: tuple[int, ...] = (64, 64)
     eval_every: int = 50_000
     eval_episodes: int = 64
@@ -151,7 +161,7 @@ class TrainConfig:
         return AlignConfig(stage=self.stage, preset=self.preset, backend="fast", rays=self.rays,
                            max_step=self.max_step, misalign=tuple(self.misalign),
                            p_source=self.p_source, energies_eV=tuple(self.energies_eV),
-                           max_steps=self.max_steps)
+                           image_pixels=self.image_pixels, max_steps=self.max_steps)
 
 
 class Sb3AlignVecEnv(VecEnv):
@@ -360,7 +370,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Tr
     desc = load_preset(cfg.preset)
     meta = {"format": METADATA_FORMAT, "stage": cfg.stage,
             "motors": list(stage_of(desc, cfg.stage).motors), "beamline": desc.name,
-            "algo": cfg.algo, "observation": list(OBS_FEATURES) + ["u(motor)..."],
+            "algo": cfg.algo, "observation": list(OBS_FEATURES) + ["u(motor)..."] + (
+                [f"detector image {cfg.image_pixels}x{cfg.image_pixels}"]
+                if cfg.image_pixels else []),
             "policy_input": "[obs_t, obs_t - obs_{t-1}]", "max_step": cfg.max_step,
             "max_steps": cfg.max_steps, "timesteps": cfg.timesteps, "seed": cfg.seed,
             "config": dataclasses.asdict(cfg), "versions": _code_version(),
@@ -495,9 +507,16 @@ class RLAgent:
                                                  int(pol.metadata["max_steps"]))
         ref = problem.objective.reference
         diag = problem.stage.diagnostic
+        n = int(pol.metadata["config"].get("image_pixels", 0))
+
+        def observe(e: Evaluation) -> np.ndarray:
+            image = downsample(e.observation.detector.image, n) if n else None
+            return observation_vector(e.judgement, e.observation.reading(diag).stats, ref, e.u,
+                                      image)
+
         ev = problem.observe_start()
         best = ev
-        cur = observation_vector(ev.judgement, ev.observation.reading(diag).stats, ref, ev.u)
+        cur = observe(ev)
         prev = cur
         for _ in range(limit):
             if best.fom >= self.stop_fom or problem.remaining <= 1:
@@ -506,8 +525,7 @@ class RLAgent:
             ev = problem.evaluate(np.clip(ev.u + pol.max_step * a, -1.0, 1.0))
             if ev.fom > best.fom:
                 best = ev
-            prev, cur = cur, observation_vector(ev.judgement,
-                                                ev.observation.reading(diag).stats, ref, ev.u)
+            prev, cur = cur, observe(ev)
         return best
 
     def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray:

@@ -468,6 +468,8 @@ def _energies(value: str | None) -> tuple[float, ...]:
               help="Largest move per step, fraction of each motor's search half-width.")
 @click.option("--p-source", type=float, default=0.5, show_default=True,
               help="Probability of a source that is not the design's (domain randomisation).")
+@click.option("--image-pixels", type=int, default=0, show_default=True,
+              help="Side of a downsampled detector image in the observation (0: none).")
 @click.option("--energies", default=None, metavar="E1,E2",
               help="Photon energies drawn per episode, eV [default: the design energy].")
 @click.option("--eval-every", type=int, default=50_000, show_default=True,
@@ -481,7 +483,7 @@ def _energies(value: str | None) -> tuple[float, ...]:
 @json_option
 def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, num_envs: int,
               rays: int, seed: int, max_steps: int, max_step: float, p_source: float,
-              energies: str | None,
+              image_pixels: int, energies: str | None,
               eval_every: int, checkpoint_every: int, out: str, progress: bool,
               as_json: bool) -> None:
     """Train an RL alignment policy for one stage on the fast twin (stable-baselines3)."""
@@ -493,7 +495,7 @@ def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, nu
         stage(load_preset(preset), stage_name)  # an unknown stage fails before training
         cfg = TrainConfig(stage=stage_name, algo=algo, timesteps=timesteps, num_envs=num_envs,
                           rays=rays, seed=seed, preset=preset, max_steps=max_steps,
-                          max_step=max_step, p_source=p_source, energies_eV=_energies(energies),
+                          max_step=max_step, p_source=p_source, image_pixels=image_pixels, energies_eV=_energies(energies),
                           eval_every=eval_every, checkpoint_every=checkpoint_every)
         doc = train(cfg, out, progress=progress).to_dict()
 

@@ -177,6 +177,22 @@ def test_vector_env_randomises_energy_and_source_per_episode_and_resets_in_place
                                                                       vec._hidden[1:])
 
 
+def test_an_optional_downsampled_detector_image_joins_the_observation():
+    kw = {"stage": "kb", "rays": 500, "image_pixels": 8}
+    vec = agents.env.AlignVecEnv(3, **kw)
+    obs, _ = vec.reset(seed=1)
+    assert obs.shape == (3, 7 + 6 + 64) and vec.single_observation_space.contains(obs[0])
+    img = obs[:, 13:]
+    assert np.all(img >= 0) and img.sum(axis=1).min() > 0.3  # most of the beam is on it
+    env = agents.env.AlignEnv(backend="fast", **kw)
+    one, _ = env.reset(seed=1)
+    assert one.shape == (77,) and env.observation_space.contains(one)
+    assert one[13:].sum() > 0.3
+    check_env(env, skip_render_check=True)
+    with pytest.raises(ConfigError, match="image_pixels"):
+        agents.env.AlignConfig(image_pixels=1)
+
+
 def test_single_env_randomises_energy_and_source(desc):
     env = agents.env.AlignEnv(stage="mono", backend="fast", rays=500, p_source=1.0,
                               energies_eV=(9500.0, 10500.0))
@@ -202,16 +218,15 @@ def mono_settings():
 
 @pytest.fixture(scope="module")
 def mono_refs(desc, mono_settings):
-    return References.of(desc, mono_settings)
+    return References.of(desc, mono_settings, 21)  # the warm-start test's beamline
 
 
 @pytest.mark.parametrize("name", list(AGENTS))
-def test_every_agent_runs_a_trial(desc, name, mono_settings, mono_refs):
+def test_every_agent_runs_a_trial(desc, name, mono_settings):
     agent = make_agent(name)
     settings = mono_settings if name not in ("bo", "model") else BenchSettings(
         rays=2000, budget=12, noise=True)
-    res = stage_trial(desc, "mono", agent, seed=3, settings=settings,
-                      references=mono_refs)
+    res = stage_trial(desc, "mono", agent, seed=3, settings=settings)
     assert res.agent == agent.name and res.stage == "mono"
     assert 1 <= res.evaluations <= settings.budget
     assert len(res.foms) == res.evaluations
@@ -221,17 +236,15 @@ def test_every_agent_runs_a_trial(desc, name, mono_settings, mono_refs):
     assert res.counted_evaluations == (res.evaluations if res.success else res.budget)
 
 
-def test_the_operators_scan_aligns_the_monochromator(desc, mono_settings, mono_refs):
-    wins = [stage_trial(desc, "mono", ScanAgent(), seed=s, settings=mono_settings,
-                        references=mono_refs).success for s in range(3)]
+def test_the_operators_scan_aligns_the_monochromator(desc, mono_settings):
+    wins = [stage_trial(desc, "mono", ScanAgent(), seed=s, settings=mono_settings).success
+            for s in range(3)]
     assert sum(wins) >= 2
 
 
-def test_same_seed_gives_every_agent_the_same_beamline(desc, mono_settings, mono_refs):
-    a = stage_trial(desc, "mono", RandomAgent(), seed=8, settings=mono_settings,
-                    references=mono_refs)
-    b = stage_trial(desc, "mono", ScanAgent(), seed=8, settings=mono_settings,
-                    references=mono_refs)
+def test_same_seed_gives_every_agent_the_same_beamline(desc, mono_settings):
+    a = stage_trial(desc, "mono", RandomAgent(), seed=8, settings=mono_settings)
+    b = stage_trial(desc, "mono", ScanAgent(), seed=8, settings=mono_settings)
     assert a.foms[0] == b.foms[0]  # both start from the same misaligned beamline
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from agents.env import OBS_FEATURES, AlignVecEnv
-from agents.harness import BenchSettings, References, stage_trial
+from agents.harness import BenchSettings, stage_trial
 from agents.rl import (
     HybridAgent,
     RLAgent,
@@ -56,6 +56,17 @@ def test_every_algorithm_trains_and_saves_policy_with_its_metadata(tiny_policies
     n = len(OBS_FEATURES) + 2
     a = pol.act(np.zeros(n), np.ones(n))
     assert a.shape == (2,) and np.all(np.abs(a) <= 1.0)
+
+
+def test_a_policy_that_sees_the_detector_image_deploys_as_an_agent(tmp_path, desc):
+    cfg = TrainConfig(stage="mono", timesteps=128, num_envs=4, rays=100, eval_every=0,
+                      eval_episodes=2, checkpoint_every=0, image_pixels=4)
+    rep = train(cfg, tmp_path, progress=False)
+    assert "detector image 4x4" in rep.metadata["observation"]
+    settings = BenchSettings(rays=1000, budget=6, noise=True, backend="fast")
+    res = stage_trial(desc, "mono", RLAgent(policy=rep.policy, max_steps=3), seed=5,
+                      settings=settings)
+    assert 1 <= res.evaluations <= 6 and res.error is None
 
 
 def test_train_config_refuses_bad_settings():
@@ -129,16 +140,13 @@ def fast_settings():
 @pytest.mark.parametrize("name", ["mono", "slits", "m1"])
 def test_shipped_policies_align_their_stage(desc, name, fast_settings):
     """Zero-shot, through the safety layer, on beamlines the policy never saw."""
-    refs = References.of(desc, fast_settings)
-    results = [stage_trial(desc, name, RLAgent(), seed=100 + s, settings=fast_settings,
-                           references=refs) for s in range(4)]
+    results = [stage_trial(desc, name, RLAgent(), seed=100 + s, settings=fast_settings)
+               for s in range(4)]
     assert sum(r.success for r in results) >= 3, [r.final for r in results]
     assert all(r.evaluations <= fast_settings.budget for r in results)
 
 
 def test_hybrid_refines_after_the_learned_steps(desc, fast_settings):
-    refs = References.of(desc, fast_settings)
-    res = stage_trial(desc, "slits", HybridAgent(rl_steps=2), seed=7, settings=fast_settings,
-                      references=refs)
+    res = stage_trial(desc, "slits", HybridAgent(rl_steps=2), seed=7, settings=fast_settings)
     assert res.agent == "hybrid" and res.evaluations <= fast_settings.budget
     assert res.success

@@ -51,7 +51,7 @@ def test_kb_motors_split_by_the_plane_each_mirror_focuses(desc):
 @pytest.fixture(scope="module")
 def fast_kb(desc):
     settings = BenchSettings(rays=3000, budget=60, noise=True, backend="fast")
-    return settings, References.of(desc, settings)
+    return settings, References.of(desc, settings, 4)
 
 
 def test_separable_refinement_focuses_a_slightly_misaligned_kb(desc, fast_kb):
@@ -73,6 +73,5 @@ def test_separable_refinement_focuses_a_slightly_misaligned_kb(desc, fast_kb):
 
 def test_model_agent_aligns_the_kb_with_it(desc, fast_kb):
     settings, refs = fast_kb
-    res = stage_trial(desc, "kb", ModelBasedAgent(), seed=2, settings=settings,
-                      references=refs)
+    res = stage_trial(desc, "kb", ModelBasedAgent(), seed=2, settings=settings)
     assert res.success and res.evaluations <= settings.budget

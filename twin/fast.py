@@ -346,18 +346,19 @@ class FastTwin:
 
     def image(self, positions: torch.Tensor, name: str, hidden: torch.Tensor | None = None, *,
               seed: int = 0, pixels: tuple[int, int] | None = None,
-              pixel_um: float | None = None) -> torch.Tensor:
+              pixel_um: float | None = None,
+              source: torch.Tensor | None = None) -> torch.Tensor:
         """Differentiable image ``(B, ny, nx)`` in photons/s per pixel (bilinear splatting).
 
         Defaults to the diagnostic's own pixels; *pixels* and *pixel_um* override
-        them (coarse images keep batches small).
+        them (coarse images keep batches small). *source* as for :meth:`hits`.
         """
         e = self.desc.element(name)
         if not isinstance(e, _ImagingDiagnostic):
             raise ConfigError(f"{name!r} is a {e.kind}, not an imaging diagnostic")
         nx, ny = pixels if pixels is not None else e.pixels
         px = pixel_um if pixel_um is not None else e.pixel_um
-        h = self.hits(positions, hidden, seed=seed)[name]
+        h = self.hits(positions, hidden, seed=seed, source=source)[name]
         fx = h.x_um / px + nx / 2 - 0.5
         fy = h.y_um / px + ny / 2 - 0.5
         B = fx.shape[0]
