@@ -40,16 +40,17 @@ def main() -> None:
     run = {"trials": args.trials, "seed": args.seed, "budget": args.budget}
     for stage in args.stages.split(","):
         print(f"stage {stage}", file=sys.stderr)
-        _, raw = bench_align(desc, args.agents.split(","), stage, trials=args.trials,
-                             seed=args.seed, settings=settings,
-                             progress=lambda n, k, t: print(f"  {n} {k}/{t}", file=sys.stderr))
         entry = kept.get(stage, {})
         if entry.get("run") != run:
             entry = {"run": run, "agents": {}}
-        for name, results in raw.items():
-            entry["agents"][name] = [{**r.to_dict(), "foms": r.foms} for r in results]
-        kept[stage] = entry
-        raw_path.write_text(json.dumps(kept, indent=1) + "\n")
+        for agent in args.agents.split(","):  # saved agent by agent: a long run can stop
+            _, raw = bench_align(desc, [agent], stage, trials=args.trials, seed=args.seed,
+                                 settings=settings,
+                                 progress=lambda n, k, t: print(f"  {n} {k}/{t}",
+                                                                file=sys.stderr))
+            entry["agents"][agent] = [{**r.to_dict(), "foms": r.foms} for r in raw[agent]]
+            kept[stage] = entry
+            raw_path.write_text(json.dumps(kept, indent=1) + "\n")
     rows = ["| stage | agent | success | median evals | p90 evals | flux ratio | FWHM ratio "
             "| optimiser s/eval | beamline time s |", "|---|---|---|---|---|---|---|---|---|"]
     docs = {}

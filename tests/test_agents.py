@@ -262,3 +262,23 @@ def test_bayesian_optimisation_warm_starts_from_earlier_data(desc, mono_refs):
     final = prob.finish(u)
     assert final.fom > 0.8
     assert prob.evaluations <= 6
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_bayesian_optimisation_refits_its_hyperparameters_every_k_evaluations(desc, every,
+                                                                              monkeypatch):
+    import botorch.fit
+
+    calls = []
+    real = botorch.fit.fit_gpytorch_mll
+    monkeypatch.setattr(botorch.fit, "fit_gpytorch_mll",
+                        lambda mll, **kw: calls.append(1) or real(mll, **kw))
+    st = stage(desc, "mono")
+    hidden = HiddenErrors({"dcm.pitch2": 12.0})
+    bl = TwinBeamline(desc, hidden=hidden, seed=2, backend="fast", rays=1000, disturbances=False)
+    ref = TwinBeamline(desc, seed=2, backend="fast", rays=1000, disturbances=False)
+    prob = AlignmentProblem(bl, st, Objective(st, ref.acquire().reading(st.diagnostic).stats),
+                            span=default_span(desc, st), budget=14)
+    BayesOptAgent(refit_every=every, stop_fom=2.0).run(prob, np.random.default_rng(0))
+    model_steps = prob.evaluations - 1 - 3  # start, 3 Sobol points, then one per model step
+    assert len(calls) == -(-model_steps // every)  # ceil
