@@ -21,7 +21,7 @@ observation
     downsampled image of the area detector follows, each pixel's flux relative to
     the reference flux at the stage's diagnostic: ``Box(-20, 20, (7 + d + n^2,))``.
 reward
-    progress of the figure of merit, ``log(fom_t + 1e-3) - log(fom_{t-1} + 1e-3)``.
+    progress of the figure of merit, ``log(fom_t + 1e-6) - log(fom_{t-1} + 1e-6)``.
 terminated
     the figure of merit stayed at or above ``stop_fom`` for ``success_steps`` steps.
 truncated
@@ -66,7 +66,9 @@ __all__ = ["AlignConfig", "AlignEnv", "AlignVecEnv", "observation_vector", "down
 #: readings features before the motor coordinates
 OBS_FEATURES = ("flux_ratio", "centroid_x", "centroid_y", "log_fwhm_x", "log_fwhm_y", "fom",
                 "beam_seen")
-_EPS = 1e-3
+#: floor of the figure of merit in the reward: far below any start (a sample 10 um off the
+#: beam has a figure of 7e-4), so progress from there is still rewarded
+_EPS = 1e-6
 #: every feature is clipped inside this bound
 OBS_BOUND = 20.0
 

@@ -6,7 +6,8 @@ seeded 1x-misaligned beamlines, keeps every trial in
 ``docs/agents_bench_raw.json``, and rebuilds ``docs/agents_bench.json``,
 ``docs/img/align_<stage>.png`` and the Markdown table from all trials kept.
 ``--agents`` re-runs some agents and keeps the others' trials, provided they
-were run with the same trials, seed and budget.
+were run with the same trials, seed and budget; ``--report-only`` rebuilds the
+outputs from the trials kept.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--out", default="docs")
+    ap.add_argument("--report-only", action="store_true",
+                    help="Rebuild the table, JSON and plots from the trials kept; run nothing.")
     args = ap.parse_args()
     desc = default_preset()
     settings = BenchSettings(rays=5000, budget=args.budget, misalign=1.0)
@@ -38,7 +41,7 @@ def main() -> None:
     raw_path = out / "agents_bench_raw.json"
     kept = json.loads(raw_path.read_text()) if raw_path.is_file() else {}
     run = {"trials": args.trials, "seed": args.seed, "budget": args.budget}
-    for stage in args.stages.split(","):
+    for stage in [] if args.report_only else args.stages.split(","):
         print(f"stage {stage}", file=sys.stderr)
         entry = kept.get(stage, {})
         if entry.get("run") != run:

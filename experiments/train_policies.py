@@ -24,7 +24,7 @@ SETTINGS: dict[str, dict] = {
     "mono": {"algo": "ppo", "timesteps": 100_000, "misalign": (0.5, 2.5)},
     "slits": {"algo": "ppo", "timesteps": 100_000, "misalign": (0.5, 2.5)},
     "m1": {"algo": "ppo", "timesteps": 100_000, "misalign": (0.5, 2.5)},
-    "sample": {"algo": "ppo", "timesteps": 100_000, "misalign": (0.5, 2.5)},
+    "sample": {"algo": "ppo", "timesteps": 150_000, "max_step": 0.05, "misalign": (0.5, 2.5)},
     "kb": {"algo": "ppo", "timesteps": 300_000, "max_step": 0.05},
 }
 ROOT = Path(__file__).resolve().parents[1]

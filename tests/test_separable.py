@@ -71,6 +71,7 @@ def test_separable_refinement_focuses_a_slightly_misaligned_kb(desc, fast_kb):
     assert prob.evaluations <= 60
 
 
+@pytest.mark.slow
 def test_model_agent_aligns_the_kb_with_it(desc, fast_kb):
     settings, refs = fast_kb
     res = stage_trial(desc, "kb", ModelBasedAgent(), seed=2, settings=settings)
