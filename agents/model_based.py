@@ -19,9 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.classic import NelderMeadAgent
 from agents.problem import AlignmentProblem, Evaluation
-from agents.separable import SeparableSimplex, focusing_planes
+from agents.separable import refine
 from agents.stages import Stage
 from twin.description import BeamlineDescription
 
@@ -123,10 +122,6 @@ class ModelBasedAgent:
                 break  # the model no longer improves the beam: refine locally
             last_fom = ev.fom
         if not self._done(best, st) and problem.remaining > 1:
-            planes = focusing_planes(desc, st) if self.separable else None
-            if planes is not None:
-                return SeparableSimplex(stop_fom=self.stop_fom).continue_from(problem, best,
-                                                                              planes)
-            refine = NelderMeadAgent(initial_step=0.05, stop_fom=self.stop_fom)
-            return refine.continue_from(problem, best)
+            return refine(problem, best, desc if self.separable else None,
+                          stop_fom=self.stop_fom, initial_step=0.05)
         return best.u.copy()

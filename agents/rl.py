@@ -42,7 +42,6 @@ from stable_baselines3.common.callbacks import (
 )
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
-from agents.classic import NelderMeadAgent
 from agents.env import (
     OBS_BOUND,
     OBS_FEATURES,
@@ -52,7 +51,7 @@ from agents.env import (
     observation_vector,
 )
 from agents.problem import AlignmentProblem, Evaluation
-from agents.separable import SeparableSimplex, focusing_planes
+from agents.separable import refine
 from agents.stages import Stage
 from agents.stages import stage as stage_of
 from twin import __version__
@@ -518,12 +517,15 @@ class RLAgent:
         best = ev
         cur = observe(ev)
         prev = cur
+        def aligned(e: Evaluation) -> bool:
+            return e.judgement.looks_aligned(self.stop_fom, problem.stage.goal)
+
         for _ in range(limit):
-            if best.fom >= self.stop_fom or problem.remaining <= 1:
+            if aligned(best) or problem.remaining <= 1:
                 break
             a = pol.act(prev, cur)
             ev = problem.evaluate(np.clip(ev.u + pol.max_step * a, -1.0, 1.0))
-            if ev.fom > best.fom:
+            if aligned(ev) or ev.fom > best.fom:
                 best = ev
             prev, cur = cur, observe(ev)
         return best
@@ -566,13 +568,9 @@ class HybridAgent:
     def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray:
         """Align; returns the chosen point."""
         best = RLAgent(self.policy, stop_fom=self.stop_fom).drive(problem, self.rl_steps)
-        if best.fom >= self.stop_fom or problem.remaining <= 1:
+        if best.judgement.looks_aligned(self.stop_fom, problem.stage.goal) or \
+                problem.remaining <= 1:
             return best.u.copy()
-        desc = getattr(problem.safe.inner, "desc", None)
-        planes = focusing_planes(desc, problem.stage) if desc is not None else None
-        if planes is not None:
-            return SeparableSimplex(initial_step=self.initial_step,
-                                    stop_fom=self.stop_fom).continue_from(problem, best, planes)
-        refine = NelderMeadAgent(initial_step=self.initial_step, stop_fom=self.stop_fom)
-        return refine.continue_from(problem, best)
+        return refine(problem, best, getattr(problem.safe.inner, "desc", None),
+                      stop_fom=self.stop_fom, initial_step=self.initial_step)
 

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agents.classic import NelderMeadAgent
 from agents.objective import FLUX_FLOOR
 from agents.problem import AlignmentProblem, Evaluation
 from agents.stages import Stage
 from twin.description import BeamlineDescription, Mirror
 
-__all__ = ["focusing_planes", "nelder_mead", "SeparableSimplex"]
+__all__ = ["focusing_planes", "nelder_mead", "SeparableSimplex", "refine"]
 
 #: deflection -> the plane a mirror focuses (and whose spot size it sets)
 _PLANE = {"left": "x", "right": "x", "up": "y", "down": "y"}
@@ -157,3 +158,16 @@ class SeparableSimplex:
         for p, idx in planes.items():
             u[idx] = best[p][1]
         return u
+
+
+def refine(problem: AlignmentProblem, start: Evaluation, desc: BeamlineDescription | None, *,
+           stop_fom: float, initial_step: float) -> np.ndarray:
+    """Local refinement from *start*: one simplex per focusing plane where the stage is
+    separable (:func:`focusing_planes`), one Nelder-Mead simplex over every motor elsewhere.
+    Returns the chosen point."""
+    planes = focusing_planes(desc, problem.stage) if desc is not None else None
+    if planes is not None:
+        return SeparableSimplex(initial_step=initial_step, stop_fom=stop_fom).continue_from(
+            problem, start, planes)
+    return NelderMeadAgent(initial_step=initial_step, stop_fom=stop_fom).continue_from(
+        problem, start)
