@@ -495,7 +495,8 @@ def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, nu
         stage(load_preset(preset), stage_name)  # an unknown stage fails before training
         cfg = TrainConfig(stage=stage_name, algo=algo, timesteps=timesteps, num_envs=num_envs,
                           rays=rays, seed=seed, preset=preset, max_steps=max_steps,
-                          max_step=max_step, p_source=p_source, image_pixels=image_pixels, energies_eV=_energies(energies),
+                          max_step=max_step, p_source=p_source, image_pixels=image_pixels,
+                          energies_eV=_energies(energies),
                           eval_every=eval_every, checkpoint_every=checkpoint_every)
         doc = train(cfg, out, progress=progress).to_dict()
 
