@@ -60,7 +60,7 @@ from twin.presets import at_energy, load_preset
 from twin.simulator import TwinBeamline
 from twin.tracer import Twin
 
-__all__ = ["AlignConfig", "AlignEnv", "AlignVecEnv", "observation_vector", "downsample",
+__all__ = ["AlignConfig", "Episode", "AlignEnv", "AlignVecEnv", "observation_vector", "downsample",
            "OBS_FEATURES"]
 
 #: readings features before the motor coordinates
@@ -71,6 +71,31 @@ OBS_FEATURES = ("flux_ratio", "centroid_x", "centroid_y", "log_fwhm_x", "log_fwh
 _EPS = 1e-6
 #: every feature is clipped inside this bound
 OBS_BOUND = 20.0
+
+
+@dataclass(frozen=True)
+class Episode:
+    """The randomised conditions of one episode.
+
+    Attributes
+    ----------
+    misalign : float
+        Hidden-error scale.
+    seed : int
+        Seeds the hidden errors, rays and noise.
+    noise, backlash : bool
+    source : SourcePerturbation or None
+        The source's difference from the design (None: the design source).
+    energy : int
+        Index into ``AlignConfig.energies_eV`` (0 with none).
+    """
+
+    misalign: float
+    seed: int
+    noise: bool
+    backlash: bool
+    source: SourcePerturbation | None
+    energy: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,9 +185,8 @@ class AlignConfig:
         desc = load_preset(self.preset)
         return [at_energy(desc, e) for e in self.energies_eV] or [desc]
 
-    def draw_episode(self, desc: BeamlineDescription, rng: np.random.Generator
-                     ) -> tuple[float, int, bool, bool, SourcePerturbation | None, int]:
-        """(misalign scale, episode seed, noise, backlash, source, energy index) of an episode."""
+    def draw_episode(self, desc: BeamlineDescription, rng: np.random.Generator) -> Episode:
+        """The randomised conditions of one episode, drawn from *rng*."""
         lo, hi = self.misalign_range
         scale = float(rng.uniform(lo, hi))
         seed = int(rng.integers(0, 2**31 - 1))
@@ -171,7 +195,7 @@ class AlignConfig:
         source = draw_source(desc, rng, self.source_scale) \
             if self.p_source > 0 and rng.random() < self.p_source else None
         variant = int(rng.integers(len(self.energies_eV))) if len(self.energies_eV) > 1 else 0
-        return scale, seed, noise, backlash, source, variant
+        return Episode(scale, seed, noise, backlash, source, variant)
 
     @property
     def obs_size(self) -> int:
@@ -285,18 +309,18 @@ class AlignEnv(gym.Env):
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """A new misaligned beamline; options ``{"misalign": float}`` fixes the scale."""
         super().reset(seed=seed)
-        scale, episode_seed, noise, backlash, source, k = self.config.draw_episode(
-            self.desc, self.np_random)
-        scale = float((options or {}).get("misalign", scale))
-        twin = self._variant(k)
+        ep = self.config.draw_episode(self.desc, self.np_random)
+        scale = float((options or {}).get("misalign", ep.misalign))
+        episode_seed = ep.seed
+        twin = self._variant(ep.energy)
         self._ref_true, self._ref_noisy = self._references(twin, episode_seed)
-        desc = self._descs[k]
+        desc = self._descs[ep.energy]
         full = HiddenErrors.draw(desc, scale, episode_seed)
         hidden = HiddenErrors({m: v for m, v in full.offsets.items() if m in self.stage.motors},
                               scale, episode_seed)
-        self.beamline = TwinBeamline(desc, hidden=hidden, seed=episode_seed, noise=noise,
-                                     disturbances=backlash, twin=twin, source=source)
-        self._ref = self._ref_noisy if noise else self._ref_true
+        self.beamline = TwinBeamline(desc, hidden=hidden, seed=episode_seed, noise=ep.noise,
+                                     disturbances=ep.backlash, twin=twin, source=ep.source)
+        self._ref = self._ref_noisy if ep.noise else self._ref_true
         self.problem = AlignmentProblem(
             self.beamline, self.stage, Objective(self.stage, self._ref), span=self._span,
             budget=10**9, trial=f"env-{episode_seed}",
@@ -436,21 +460,16 @@ class AlignVecEnv(gym.vector.VectorEnv):
 
     # ------------------------------------------------------------------ helpers
     def _draw(self, i: int) -> None:
-        cfg = self.config
-        scale, seed, noise, _, source, k = cfg.draw_episode(self.desc, self._rng)
-        v = self._variants[k]
-        full = HiddenErrors.draw(v.desc, scale, seed)
-        row = torch.zeros(len(self.ft.motor_names), dtype=self.ft.dtype)
-        for m in self.stage.motors:
-            row[self._cols[self.stage.motors.index(m)]] = full.offset(m)
-        self._hidden[i] = row
-        src = source or SourcePerturbation()
-        self._source[i] = torch.tensor([src.dx_um, src.dy_um, src.dxp_urad, src.dyp_urad,
-                                        src.size_x_scale, src.size_y_scale],
-                                       dtype=self.ft.dtype)
-        self._variant[i] = k
+        ep = self.config.draw_episode(self.desc, self._rng)
+        v = self._variants[ep.energy]
+        full = HiddenErrors.draw(v.desc, ep.misalign, ep.seed)
+        self._hidden[i] = 0.0
+        for c, m in zip(self._cols, self.stage.motors, strict=True):
+            self._hidden[i, c] = full.offset(m)
+        self._source[i] = v.ft.source_tensor([ep.source or SourcePerturbation()])[0]
+        self._variant[i] = ep.energy
         self._u[i] = 2.0 * (v.x0 - v.lo) / (v.hi - v.lo) - 1.0
-        self._noise[i] = noise
+        self._noise[i] = ep.noise
         self._aligned[i] = 0
         self._steps[i] = 0
 
