@@ -29,7 +29,7 @@ from agents.problem import AlignmentProblem, Evaluation
 from agents.stages import Stage
 from twin.description import BeamlineDescription, Mirror
 
-__all__ = ["focusing_planes", "nelder_mead", "SeparableSimplex", "refine"]
+__all__ = ["focusing_planes", "nelder_mead", "SeparableSimplex", "SeparableAgent", "refine"]
 
 #: deflection -> the plane a mirror focuses (and whose spot size it sets)
 _PLANE = {"left": "x", "right": "x", "up": "y", "down": "y"}
@@ -171,3 +171,25 @@ def refine(problem: AlignmentProblem, start: Evaluation, desc: BeamlineDescripti
             problem, start, planes)
     return NelderMeadAgent(initial_step=initial_step, stop_fom=stop_fom).continue_from(
         problem, start)
+
+
+@dataclass
+class SeparableAgent:
+    """The classical agent that knows how a KB pair works: one simplex per focusing plane,
+    from the start (one Nelder-Mead simplex over every motor on other stages).
+
+    Parameters
+    ----------
+    initial_step : float
+        Simplex size, agent units.
+    stop_fom : float
+    """
+
+    initial_step: float = 0.4
+    stop_fom: float = 0.95
+    name: str = "separable"
+
+    def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray:
+        """Align; returns the chosen point."""
+        return refine(problem, problem.observe_start(), getattr(problem.safe.inner, "desc", None),
+                      stop_fom=self.stop_fom, initial_step=self.initial_step)

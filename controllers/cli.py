@@ -390,7 +390,8 @@ def align_cmd(preset: str | None, agent: str | None, stages: str | None, seed: i
 @bench.command("align")
 @preset_option
 @click.option("--agents", "agent_list", default="scan,nm,random,bo,model", show_default=True,
-              help="Comma-separated agents (built: scan, nm, random, bo, model).")
+              help="Comma-separated agents: scan, nm, random, bo, model, rl, hybrid, "
+                   "separable.")
 @click.option("--stage", "stage_name", default="kb", show_default=True, help="Stage.")
 @click.option("--trials", type=int, default=10, show_default=True)
 @_with(align_options)
