@@ -63,8 +63,10 @@ __all__ = ["ALGORITHMS", "TrainConfig", "TrainReport", "Sb3AlignVecEnv", "policy
            "RLAgent", "HybridAgent"]
 
 Algorithm = Literal["ppo", "sac", "td3"]
+#: the stable-baselines3 class of each algorithm
+_ALGORITHM_CLASSES = {"ppo": sb3.PPO, "sac": sb3.SAC, "td3": sb3.TD3}
 #: algorithms :func:`train` offers
-ALGORITHMS: tuple[str, ...] = ("ppo", "sac", "td3")
+ALGORITHMS: tuple[str, ...] = tuple(_ALGORITHM_CLASSES)
 #: version of the metadata written beside a policy
 METADATA_FORMAT = 1
 #: measured figure of merit at which the learned agents stop
@@ -266,8 +268,6 @@ class TrainReport:
 
 def _code_version() -> dict[str, Any]:
     """beamtwin, library versions and (in a git checkout) the commit."""
-    import gymnasium
-
     commit = None
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -277,7 +277,7 @@ def _code_version() -> dict[str, Any]:
         commit = None
     return {"beamtwin": __version__, "git_commit": commit,
             "stable_baselines3": sb3.__version__, "torch": torch.__version__,
-            "gymnasium": gymnasium.__version__}
+            "gymnasium": gym.__version__}
 
 
 def _algo_kwargs(cfg: TrainConfig) -> dict[str, Any]:
@@ -340,7 +340,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Tr
     torch.set_num_threads(cfg.threads)
     try:
         env = VecMonitor(Sb3AlignVecEnv(AlignVecEnv(cfg.num_envs, cfg.env_config()), cfg.seed))
-        algo = {"ppo": sb3.PPO, "sac": sb3.SAC, "td3": sb3.TD3}[cfg.algo]
+        algo = _ALGORITHM_CLASSES[cfg.algo]
         model = algo("MlpPolicy", env, seed=cfg.seed, device="cpu", verbose=0,
                      **_algo_kwargs(cfg))
         callbacks: list[Any] = []
@@ -449,7 +449,7 @@ def load_policy(path: str | Path) -> Policy:
             meta.get("algo") not in ALGORITHMS:
         raise ConfigError(f"{str(meta_path)!r} is not beamtwin policy metadata (format "
                           f"{METADATA_FORMAT}, algo one of {', '.join(ALGORITHMS)})")
-    algo = {"ppo": sb3.PPO, "sac": sb3.SAC, "td3": sb3.TD3}[meta["algo"]]
+    algo = _ALGORITHM_CLASSES[meta["algo"]]
     model = algo.load(str(p), device="cpu")
     return Policy(model, meta, p)
 
@@ -561,13 +561,16 @@ class HybridAgent:
     stop_fom: float = RL_STOP_FOM
     name: str = "hybrid"
 
+    def __post_init__(self) -> None:
+        self._rl = RLAgent(self.policy, stop_fom=self.stop_fom)  # loads each policy once
+
     def check(self, st: Stage) -> None:
         """Refuse a stage it has no usable policy for, before anything moves."""
-        RLAgent(self.policy).check(st)
+        self._rl.check(st)
 
     def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray:
         """Align; returns the chosen point."""
-        best = RLAgent(self.policy, stop_fom=self.stop_fom).drive(problem, self.rl_steps)
+        best = self._rl.drive(problem, self.rl_steps)
         if best.judgement.looks_aligned(self.stop_fom, problem.stage.goal) or \
                 problem.remaining <= 1:
             return best.u.copy()

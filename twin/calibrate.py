@@ -161,7 +161,7 @@ def calibrate(desc: BeamlineDescription,
                 targets[(d, k)] = torch.log(targets[(d, k)].clamp(min=1e-9))
                 scales[(d, k)] = size_rel
             elif k.startswith("centroid") and position_rel is not None:
-                axis_rms = float(ref["rms_" + k[-4] + "_um"][0])
+                axis_rms = float(ref[k.replace("centroid", "rms")][0])
                 scales[(d, k)] = max(position_rel * axis_rms, 1e-4)
         targets[(d, "flux")] = torch.log(torch.tensor([s.flux for s in obs], dtype=ft.dtype)
                                          .clamp(min=1.0))
