@@ -28,9 +28,10 @@ from agents.stages import stage, stages
 from twin.description import BeamlineDescription
 from twin.errors import ConfigError
 from twin.hidden import HiddenErrors
+from twin.observation import BeamStats
 from twin.simulator import TwinBeamline
 
-__all__ = ["bench_align", "one_click_align", "summarise", "plot_convergence"]
+__all__ = ["bench_align", "one_click_align", "summarise", "plot_convergence", "beamline_aligned"]
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:
@@ -108,9 +109,7 @@ def one_click_align(desc: BeamlineDescription, *, agent_name: str | None,
                 settings=settings, references=refs, seed=seed, progress=progress)
     final = bl.ground_truth().reading(sample).stats
     ideal = refs.true[sample]
-    ok = (final.flux >= FLUX_FLOOR * ideal.flux and math.isfinite(final.fwhm_x_um)
-          and final.fwhm_x_um <= SIZE_CAP * ideal.fwhm_x_um
-          and final.fwhm_y_um <= SIZE_CAP * ideal.fwhm_y_um)
+    ok = beamline_aligned(final, ideal)
     st = doc["stages"]
     return {"success": bool(ok), "agent": name, "seed": seed, "misalign": settings.misalign,
             "evaluations": sum(s["evaluations"] for s in st),
@@ -120,6 +119,14 @@ def one_click_align(desc: BeamlineDescription, *, agent_name: str | None,
             "before": before.to_dict(), "final": final.to_dict(), "ideal": ideal.to_dict(),
             "final_flux_ratio": final.flux / ideal.flux if ideal.flux > 0 else None,
             "stages_aligned": sum(bool(s["success"]) for s in st)}
+
+
+def beamline_aligned(final: BeamStats, ideal: BeamStats) -> bool:
+    """The whole-beamline criterion: flux >= FLUX_FLOOR x ideal, each FWHM <= SIZE_CAP x ideal."""
+    return bool(final.flux >= FLUX_FLOOR * ideal.flux and math.isfinite(final.fwhm_x_um)
+                and math.isfinite(final.fwhm_y_um)
+                and final.fwhm_x_um <= SIZE_CAP * ideal.fwhm_x_um
+                and final.fwhm_y_um <= SIZE_CAP * ideal.fwhm_y_um)
 
 
 def plot_convergence(raw: dict[str, list[TrialResult]], path: str, *, title: str) -> str:

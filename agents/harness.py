@@ -77,6 +77,8 @@ class TrialResult:
         Figure of merit after each evaluation (for convergence plots).
     error : str or None
         Why the trial ended early (divergence, budget), if it did.
+    refusals : list of dict
+        Moves the safety layer refused (type, axis, value, message).
     """
 
     agent: str
@@ -91,6 +93,7 @@ class TrialResult:
     final: dict[str, Any]
     foms: list[float] = field(repr=False)
     error: str | None = None
+    refusals: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def counted_evaluations(self) -> int:
@@ -141,7 +144,8 @@ def run_trial(agent: Agent, problem: AlignmentProblem, seed: int, *,
         budget=problem.budget, moves=problem.safe.moves,
         beamline_time_s=problem.safe.time_s - t_beam0,
         optimizer_s=max(wall - problem.eval_wall_s, 0.0),
-        final=final, foms=[e.fom for e in problem.history], error=error)
+        final=final, foms=[e.fom for e in problem.history], error=error,
+        refusals=list(problem.safe.refusals))
 
 
 def _judge_now(problem: AlignmentProblem) -> Judgement:
@@ -246,8 +250,12 @@ def stage_trial(desc: BeamlineDescription, stage_name: str, agent: Agent, *, see
 def align(desc: BeamlineDescription, beamline: MovableBeamline,
           agents: Callable[[Stage], Agent], *, stage_names: Sequence[str] | None = None,
           settings: BenchSettings, references: References, seed: int,
-          progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+          progress: Callable[[str], None] | None = None,
+          on_stage: Callable[[int, Stage, Objective], None] | None = None) -> dict[str, Any]:
     """Progressive alignment: each stage in order, on one beamline.
+
+    *on_stage* is called with each stage's index, the stage and its objective
+    before the stage starts (a run's recorder uses it).
 
     Returns the ``beamtwin align --json`` document (without ``ideal``/``final`` of
     the whole beamline, which the caller measures).
@@ -267,8 +275,10 @@ def align(desc: BeamlineDescription, beamline: MovableBeamline,
         st = available[n]
         agent = chosen[n]
         say(f"stage {n} ({st.dof} DOF, judged at {st.diagnostic}) with {agent.name}")
-        problem = AlignmentProblem(beamline, st,
-                                   Objective(st, references.measured[st.diagnostic]),
+        objective = Objective(st, references.measured[st.diagnostic])
+        if on_stage is not None:
+            on_stage(k, st, objective)
+        problem = AlignmentProblem(beamline, st, objective,
                                    span=default_span(desc, st, settings.span_sigmas),
                                    budget=settings.budget, trial=f"align-{n}",
                                    safety=settings.safety)

@@ -23,11 +23,9 @@ Commands
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import click
@@ -354,37 +352,76 @@ def _with(options):
 @click.option("--stages", default=None, metavar="S1,S2",
               help="Stages in order [default: m1,mono,slits,kb,sample].")
 @_with(align_options)
+@click.option("--epics", is_flag=True, help="Align the beamline served over EPICS under "
+              "--prefix (a live or simulated IOC) instead of a simulated one; --misalign, "
+              "--rays, --backend and --noise then do not apply.")
+@click.option("--prefix", default="BT:", show_default=True, help="PV prefix (with --epics).")
+@click.option("--mapping", type=click.Path(dir_okay=False), default=None,
+              help="PV mapping file for other PV names (TOML; with --epics).")
+@click.option("--out", type=click.Path(file_okay=False), default="beamtwin-align",
+              show_default=True, help="Folder for the NeXus file and the report (with --epics).")
+@click.option("--dry-run", is_flag=True, help="Only connect and check limits, search boxes "
+              "and agents; move nothing (with --epics).")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress bar on stderr (with --epics).")
 @json_option
 def align_cmd(preset: str | None, agent: str | None, stages: str | None, seed: int,
-              misalign: float, budget: int, rays: int, backend: str, noise: bool,
+              misalign: float, budget: int, rays: int, backend: str, noise: bool, epics: bool,
+              prefix: str, mapping: str | None, out: str, dry_run: bool, progress: bool,
               as_json: bool) -> None:
-    """One-click progressive alignment of a misaligned simulated beamline."""
+    """One-click progressive alignment: of a misaligned simulated beamline, or over EPICS."""
 
     def body() -> None:
+        desc = load_preset(preset)
+        say = (lambda m: click.echo(f"align: {m}", err=True))  # noqa: E731
+        if epics:
+            from controllers.oneclick import align_over_epics
+
+            if isinstance(budget, bool) or budget < 2:
+                raise ConfigError(f"--budget must be an integer >= 2, got {budget}")
+            doc = align_over_epics(desc, prefix, mapping=mapping, agent_name=agent,
+                                   stage_names=_split(stages), budget=budget, seed=seed,
+                                   out_dir=out, progress=say, progress_bar=progress,
+                                   dry_run_only=dry_run)
+            if dry_run:
+                _emit(as_json, doc, lambda: f"dry run passed: {len(doc['dry_run']['checks'])} "
+                                            f"motor checks, nothing moved")
+                return
+            _emit(as_json, doc, lambda: _align_text(doc))
+            status = doc.get("exit_status")
+            if status == "abort":
+                sys.exit(130)
+            if status != "success":
+                sys.exit(1)
+            return
         from agents.bench import one_click_align
 
-        desc = load_preset(preset)
         settings = _bench_settings(rays, budget, misalign, backend, noise)
         doc = one_click_align(desc, agent_name=agent, stage_names=_split(stages), seed=seed,
-                              settings=settings,
-                              progress=lambda m: click.echo(f"align: {m}", err=True))
-
-        def text() -> str:
-            lines = [f"{s['stage']:>7}: {'ok ' if s['success'] else 'NOT'} "
-                     f"{s['evaluations']:>4} evaluations, fom {s['final']['fom']:.3f}"
-                     for s in doc["stages"]]
-            f, i = doc["final"], doc["ideal"]
-            lines.append(f"{'success' if doc['success'] else 'NOT aligned'}: "
-                         f"{doc['evaluations']} evaluations, {doc['moves']} moves, "
-                         f"{doc['beamline_time_s']:.0f} s of beamline time; flux "
-                         f"{f['flux']:.3g} (ideal {i['flux']:.3g}) ph/s, FWHM "
-                         f"{f['fwhm_x_um']} x {f['fwhm_y_um']} um (ideal "
-                         f"{i['fwhm_x_um']:.3g} x {i['fwhm_y_um']:.3g})")
-            return "\n".join(lines)
-
-        _emit(as_json, doc, text)
+                              settings=settings, progress=say)
+        _emit(as_json, doc, lambda: _align_text(doc))
 
     _run(as_json, body)
+
+
+def _align_text(doc: dict[str, Any]) -> str:
+    lines = [f"{s['stage']:>7}: {'ok ' if s['success'] else 'NOT'} "
+             f"{s['evaluations']:>4} evaluations, fom {s['final']['fom']:.3f}"
+             for s in doc["stages"]]
+    f, i = doc["final"], doc["ideal"]
+    if doc.get("error"):
+        lines.append(f"run ended: {doc.get('exit_status')}: {doc['error']}")
+    if f is not None:
+        lines.append(f"{'success' if doc['success'] else 'NOT aligned'}: "
+                     f"{doc['evaluations']} evaluations, {doc['moves']} moves, "
+                     f"{doc['beamline_time_s']:.0f} s of beamline time; flux "
+                     f"{f['flux']:.3g} (ideal {i['flux']:.3g}) ph/s, FWHM "
+                     f"{f['fwhm_x_um']} x {f['fwhm_y_um']} um (ideal "
+                     f"{i['fwhm_x_um']:.3g} x {i['fwhm_y_um']:.3g})")
+    for key in ("nexus_file", "report"):
+        if doc.get(key):
+            lines.append(f"{key.replace('_', ' ')}: {doc[key]}")
+    return "\n".join(lines)
 
 
 @bench.command("align")
@@ -515,40 +552,53 @@ def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, nu
 
 @cli.command("demo")
 @preset_option
-@click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--misalign", type=float, default=1.0, show_default=True)
-@click.option("--rays", type=int, default=10_000, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True,
+              help="Seeds the IOC's hidden errors, rays and noise, and the agents.")
+@click.option("--misalign", type=float, default=1.0, show_default=True,
+              help="Scale of the hidden errors (1: day one).")
+@click.option("--backend", type=click.Choice(["fast", "xrt"]), default="fast",
+              show_default=True, help="Twin behind the IOC.")
+@click.option("--rays", type=int, default=20_000, show_default=True, help="Rays per trace.")
+@click.option("--disturbances/--no-disturbances", default=True, show_default=True,
+              help="Drift, vibration, gap-dependent source, ring decay and top-up.")
+@click.option("--agent", default=None, help="Agent for every stage [default: separable].")
+@click.option("--stages", default=None, metavar="S1,S2",
+              help="Stages in order [default: m1,mono,slits,kb,sample].")
+@click.option("--budget", type=int, default=100, show_default=True,
+              help="Evaluations per stage.")
 @click.option("--out", type=click.Path(file_okay=False), default="beamtwin-demo",
-              show_default=True, help="Folder for the picture and the JSON.")
+              show_default=True, help="Folder for the NeXus file, the report and demo.json.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress bar on stderr.")
 @json_option
-def demo(preset: str | None, seed: int, misalign: float, rays: int, out: str,
-         as_json: bool) -> None:
-    """The main job: trace the aligned and a misaligned beamline; picture and stats."""
+def demo(preset: str | None, seed: int, misalign: float, backend: str, rays: int,
+         disturbances: bool, agent: str | None, stages: str | None, budget: int, out: str,
+         progress: bool, as_json: bool) -> None:
+    """The main job: start the simulated IOCs, misalign, align over EPICS, write the NeXus
+    file and the report, stop the IOCs."""
 
     def body() -> None:
-        from twin.plotting import plot_observations
+        from controllers.demo import run_demo
 
         desc = load_preset(preset)
-        click.echo(f"tracing {desc.name}: ideal, then misaligned x{misalign:g} (seed {seed})",
-                   err=True)
-        ideal, obs_i = trace_doc(desc, backend="xrt", rays=rays, seed=seed, misalign=0.0,
-                                 sets={})
-        mis, obs_m = trace_doc(desc, backend="xrt", rays=rays, seed=seed, misalign=misalign,
-                               sets={})
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        png = plot_observations([obs_i, obs_m], ["ideal", f"misaligned x{misalign:g}"],
-                                folder / "beam.png", title=f"{desc.name}: beam at each diagnostic")
-        doc = {"preset": desc.name, "seed": seed, "misalign": misalign, "aligned": ideal,
-               "misaligned": mis, "png": str(png.resolve())}
-        (folder / "demo.json").write_text(json.dumps(jsonable(doc), indent=2))
+        if not (math.isfinite(misalign) and misalign >= 0):
+            raise ConfigError(f"--misalign must be a finite number >= 0, got {misalign}")
+        if rays < 100:
+            raise ConfigError(f"--rays must be >= 100, got {rays}")
+        if isinstance(budget, bool) or budget < 2:
+            raise ConfigError(f"--budget must be an integer >= 2, got {budget}")
+        doc = run_demo(desc, preset=preset, seed=seed, misalign=misalign, backend=backend,
+                       rays=rays, disturbances=disturbances, agent_name=agent,
+                       stage_names=_split(stages), budget=budget, out=out,
+                       progress=lambda m: click.echo(f"demo: {m}", err=True),
+                       progress_bar=progress)
 
         def text() -> str:
-            return ("ideal beamline\n" + _trace_text(ideal, desc.detector.name)
-                    + f"\n\nmisaligned x{misalign:g}\n" + _trace_text(mis, desc.detector.name)
-                    + f"\n\npicture: {png.resolve()}")
+            return (_align_text(doc["alignment"]) + "\n\n" + doc["summary"])
 
         _emit(as_json, doc, text)
+        if doc["alignment"].get("exit_status") == "abort":
+            sys.exit(130)
 
     _run(as_json, body)
 

@@ -219,6 +219,8 @@ class TwinPVs(PVGroup):
     rate = float_pv("DiagRate", "diagnostics update rate (0: off)", 2.0, units="Hz",
                     precision=2, read_only=False)
     ready = int_pv("Ready_RBV", "1 once the IOC serves")
+    refused = int_pv("RefusedPuts_RBV", "motor setpoints the IOC refused (out of limits or "
+                     "not finite), counted since it started")
 
     def __init__(self, prefix: str, *, machine: SimulatedMachine, rate_hz: float) -> None:
         super().__init__(prefix=prefix)
@@ -232,6 +234,12 @@ class TwinPVs(PVGroup):
         await self.rays.write(cfg.rays, verify_value=False)
         await self.seed.write(cfg.seed, verify_value=False)
         await self.rate.write(self._rate_hz)
+
+    @refused.scan(period=0.1)
+    async def refused(self, instance, async_lib):
+        n = self.machine.refused_setpoints
+        if instance.value != n:
+            await instance.write(n, verify_value=False)
 
     @rate.putter
     async def rate(self, instance, value):

@@ -97,6 +97,8 @@ class SimulatedMachine:
                 resolution=m.resolution)
         self.shutter_open = True
         self.beam_lost = False
+        #: motor setpoints refused at the IOC (outside the soft limits, or not finite)
+        self.refused_setpoints = 0
         self._frames = 0
         self._trace_lock = threading.Lock()
         self._nominal_mA = nominal_current_mA(desc)

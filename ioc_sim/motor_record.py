@@ -330,6 +330,7 @@ class MotorRecord(PVGroup):
             await _let_monitors_out()
 
     async def _refuse(self, value: object, why: str) -> None:
+        self.machine.refused_setpoints += 1
         await self.lvio.write(1, verify_value=False)
         await _let_monitors_out()
         raise ValueError(f"{self.prefix}: setpoint {value!r} refused: {why}")
@@ -344,6 +345,7 @@ class MotorRecord(PVGroup):
         dial = self._dial(user_target)
         if not (self._within(dial) and self._within(self.axis.quantise(dial))):
             lo, hi = self._user_limits()
+            self.machine.refused_setpoints += 1
             await self.lvio.write(1, verify_value=False)
             await _let_monitors_out()
             self.log.warning("%s: %r outside soft limits [%r, %r]; not moving",

@@ -89,8 +89,10 @@ class IocProcess:
         cmd = [sys.executable, "-m", self.module, "--prefix", self.prefix, "--port",
                str(self.port), "--interface", "127.0.0.1", "--json", *self.args]
         self._err = open(self._stderr_path, "w")  # noqa: SIM115 - closed in stop()
+        # a session of its own: a Ctrl-C meant for the client does not kill the IOC
+        # before the client has stopped its motors
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                     stderr=self._err, text=True)
+                                     stderr=self._err, text=True, start_new_session=True)
         deadline = time.monotonic() + timeout
         said: list[str] = []
         if self.proc.stdout is None:  # pragma: no cover - stdout=PIPE above

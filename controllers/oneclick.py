@@ -1,0 +1,316 @@
+"""One-click alignment over EPICS (``beamtwin align --epics``).
+
+:func:`align_over_epics` runs the progressive alignment of
+:func:`agents.harness.align` against a live beamline, as one bluesky run:
+
+1. **connect**: every PV the run uses connects within a bounded time, or the run
+   refuses to start and names each PV that did not (nothing moves);
+2. **dry run**: every stage's motors have usable soft limits at the IOC, every
+   stage's search box lies inside them, and each agent accepts its stage;
+3. **before**: one acquisition and the camera images;
+4. **run**: the composed plan (:func:`controllers.plans.agent_plan`) under a
+   RunEngine, every move through the safety layer (:class:`agents.safety.SafeBeamline`
+   over :class:`controllers.epics_beamline.EpicsBeamline`), every evaluation an
+   event, every event a point of the NeXus file;
+5. **after**: one acquisition and the images, the report and the NeXus file.
+
+Ctrl-C pauses the RunEngine at the next checkpoint; the run is then aborted, and
+every axis it moved gets STOP. The document returned has the keys of
+``beamtwin align --json`` on the twin, plus the EPICS ones.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from agents.bench import beamline_aligned
+from agents.harness import BenchSettings, References, align, check_agent
+from agents.objective import Objective
+from agents.problem import default_span
+from agents.registry import DEFAULT_AGENT, make_agent
+from agents.safety import SafetyConfig
+from agents.stages import STAGE_ORDER, Stage, stages
+from controllers.epics_beamline import EpicsBeamline, EpicsConfig
+from controllers.nexus import DataWriteError, NexusWriter
+from controllers.plans import (
+    BeamlineMover,
+    BeamlineReader,
+    BridgedBeamline,
+    NexusCallback,
+    PlanBridge,
+    agent_plan,
+)
+from controllers.pvnames import PvMap
+from controllers.report import write_report
+from twin.cliutil import jsonable
+from twin.description import BeamlineDescription
+from twin.errors import BeamtwinError, ConfigError
+
+__all__ = ["align_over_epics", "dry_run", "PreflightError"]
+
+
+class PreflightError(BeamtwinError, RuntimeError):
+    """The dry run found a reason not to start; nothing moved."""
+
+
+def _stage_list(desc: BeamlineDescription, names: Sequence[str] | None) -> list[Stage]:
+    available = stages(desc)
+    chosen = list(names) if names else [s for s in STAGE_ORDER if s in available]
+    for n in chosen:
+        if n not in available:
+            raise ConfigError(f"unknown alignment stage {n!r}; available: "
+                              f"{', '.join(available)}")
+    return [available[n] for n in chosen]
+
+
+def dry_run(bl: EpicsBeamline, st_list: Sequence[Stage], agent_name: str,
+            span_sigmas: float | None = None) -> list[dict[str, Any]]:
+    """Check the plan before any motor moves; raise :class:`PreflightError` on a failure.
+
+    Every stage motor must have usable soft limits at the IOC (not ``(0, 0)``,
+    low < high), its readback must lie inside them, and its search box must
+    overlap them; the agent must accept each stage.
+    """
+    infos = bl.motors()
+    here = bl.positions()
+    checks: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for st in st_list:
+        span = default_span(bl.desc, st, span_sigmas)
+        for m in st.motors:
+            lo, hi = infos[m].low, infos[m].high
+            ok = math.isfinite(lo) and math.isfinite(hi) and lo < hi and not (lo == hi == 0)
+            why = "" if ok else f"no usable soft limits ({lo}, {hi})"
+            if ok and not lo <= here[m] <= hi:
+                ok, why = False, f"readback {here[m]!r} outside the soft limits [{lo}, {hi}]"
+            box = (max(here[m] - span[m], lo), min(here[m] + span[m], hi))
+            if ok and box[0] >= box[1]:
+                ok, why = False, f"search box {box} is empty inside the soft limits"
+            checks.append({"stage": st.name, "motor": m, "low": lo, "high": hi,
+                           "position": here[m], "box": list(box), "ok": ok, "why": why})
+            if not ok:
+                problems.append(f"{st.name}/{m}: {why}")
+        try:
+            check_agent(make_agent(agent_name), st)
+        except BeamtwinError as exc:
+            problems.append(f"{st.name}: agent {agent_name!r} refuses it: {exc}")
+    if problems:
+        raise PreflightError("dry run failed, nothing moved: " + "; ".join(problems))
+    return checks
+
+
+def align_over_epics(desc: BeamlineDescription, prefix: str, *, mapping: str | None = None,
+                     agent_name: str | None = None, stage_names: Sequence[str] | None = None,
+                     budget: int = 100, seed: int = 0, out_dir: str | Path = "beamtwin-align",
+                     epics_config: EpicsConfig | None = None,
+                     safety: SafetyConfig | None = None,
+                     progress: Callable[[str], None] | None = None,
+                     progress_bar: bool = True,
+                     dry_run_only: bool = False) -> dict[str, Any]:
+    """One-click alignment of the beamline served under *prefix*; the run's document.
+
+    Parameters
+    ----------
+    desc : BeamlineDescription
+    prefix : str
+        PV prefix.
+    mapping : str, optional
+        Mapping file for other PV names (:class:`controllers.pvnames.PvMap`).
+    agent_name : str, optional
+        Agent for every stage (default: :data:`agents.registry.DEFAULT_AGENT`).
+    stage_names : sequence of str, optional
+        Stages in order (default: every stage of the beamline, m1 to sample).
+    budget : int
+        Evaluations per stage.
+    seed : int
+        Seeds the agents.
+    out_dir : path
+        Where the NeXus file and the report go.
+    """
+    from bluesky import RunEngine
+    from bluesky.utils import RunEngineInterrupted
+
+    say = progress or (lambda m: None)
+    name = agent_name or DEFAULT_AGENT
+    make_agent(name)  # an unknown agent is refused before anything connects
+    st_list = _stage_list(desc, stage_names)
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 2:
+        raise ConfigError(f"budget must be an integer >= 2 evaluations, got {budget!r}")
+    pvmap = PvMap.load(desc, prefix, mapping)
+    movable = sorted({m for st in st_list for m in st.motors})
+    say(f"connecting to {prefix!r} ({len(desc.motors)} motors, {len(movable)} movable)")
+    bl = EpicsBeamline(pvmap, movable=movable, config=epics_config)
+    try:
+        say("dry run: limits, search boxes and agents")
+        checks = dry_run(bl, st_list, name)
+        doc: dict[str, Any] = {"prefix": prefix, "agent": name, "seed": seed,
+                               "dry_run": {"ok": True, "checks": checks}}
+        if dry_run_only:
+            return doc
+        return _run(bl, desc, st_list, name, budget, seed, Path(out_dir), safety, say,
+                    progress_bar, doc, RunEngine, RunEngineInterrupted)
+    finally:
+        bl.close()
+
+
+def _references(bl: EpicsBeamline, budget: int, safety: SafetyConfig | None
+                ) -> tuple[BenchSettings, References]:
+    twin = bl.map.device("twin")
+    backend, rays = "fast", 20_000
+    if twin is not None:
+        backend = str(bl.ca.get(f"{twin}Backend_RBV", as_string=True)) or backend
+        rays = int(bl.ca.get(f"{twin}Rays_RBV")) or rays
+    settings = BenchSettings(rays=rays, budget=budget, noise=True, backend=backend,
+                             safety=safety or SafetyConfig())
+    # the ideal beamline, measured as the diagnostics measure it (the agents' reference)
+    return settings, References.of(bl.desc, settings, seed=0)
+
+
+def _images(bl: EpicsBeamline) -> dict[str, Any]:
+    return {d: bl.image(d) for d in bl.map.diagnostic_names
+            if bl.map.image(d) is not None}
+
+
+def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], name: str,
+         budget: int, seed: int, out: Path, safety: SafetyConfig | None,
+         say: Callable[[str], None], progress_bar: bool, doc: dict[str, Any],
+         RunEngine: Any, RunEngineInterrupted: type[BaseException]) -> dict[str, Any]:
+    settings, refs = _references(bl, budget, safety)
+    observed_at = next((s.diagnostic for s in st_list if s.name == "kb"), st_list[-1].diagnostic)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    out.mkdir(parents=True, exist_ok=True)
+    writer = NexusWriter(out / f"align-{stamp}.h5", title=f"one-click alignment of {desc.name}",
+                         signal="fom", axis="point",
+                         description=jsonable(asdict(desc)), instrument_name=desc.name,
+                         metadata={"agent": name, "seed": seed, "prefix": bl.map.prefix,
+                                   "stages": [s.name for s in st_list], "budget": budget,
+                                   "config": jsonable({"epics": asdict(bl.config),
+                                                       "safety": asdict(settings.safety),
+                                                       "backend": settings.backend,
+                                                       "rays": settings.rays})})
+    try:
+        say("measuring the beam before alignment")
+        before_obs = bl.acquire()
+        before_images = _images(bl)
+        for n, img in before_images.items():
+            if img is not None:
+                writer.add_image(f"before_{n}", img, title=f"{n} before alignment")
+        bridge = PlanBridge()
+        mover, reader = BeamlineMover(bl), BeamlineReader(bl)
+        events: list[dict[str, float]] = []
+        bar = None
+        if progress_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(total=budget * len(st_list), desc="align", unit="eval", leave=False)
+
+        def on_stage(k: int, st: Stage, objective: Objective) -> None:
+            reader.objective, reader.stage_index = objective, k
+            if bar is not None:
+                bar.set_description(f"align {st.name}")
+
+        def collect(name_: str, d: dict[str, Any]) -> None:
+            if name_ == "event":
+                ev = {k[len("beam_"):]: v for k, v in d["data"].items() if k.startswith("beam_")}
+                events.append(ev)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(fom=f"{ev.get('fom', math.nan):.3f}")
+
+        outcome: dict[str, Any] = {}
+
+        def work() -> dict[str, Any]:
+            outcome["align"] = align(desc, BridgedBeamline(bl, bridge), lambda st: make_agent(name),
+                         stage_names=[s.name for s in st_list], settings=settings,
+                         references=refs, seed=seed, progress=say, on_stage=on_stage)
+            return outcome["align"]
+
+        RE = RunEngine({}, call_returns_result=True)
+        nexus_cb = NexusCallback(writer, list(desc.motors))
+        RE.subscribe(nexus_cb)
+        RE.subscribe(collect)
+        md = {"plan_name": "beamtwin_align", "agent": name, "prefix": bl.map.prefix,
+              "stages": [s.name for s in st_list], "budget": budget, "seed": seed}
+        t0 = time.monotonic()
+        result: dict[str, Any] | None = None
+        error: str | None = None
+        exit_status = "success"
+        try:
+            res = RE(agent_plan(bridge, mover, reader, work, md=md))
+            result = outcome.get("align")
+            exit_status = res.exit_status
+            if res.exit_status != "success" and res.reason:
+                error = res.reason
+        except RunEngineInterrupted:
+            say("interrupted: aborting the run; every moved axis gets STOP")
+            try:
+                RE.abort(reason="Ctrl-C")
+            except Exception:  # noqa: BLE001 - the abort's own result is recorded below
+                pass
+            exit_status, error = "abort", "interrupted (Ctrl-C)"
+        except BaseException as exc:  # noqa: BLE001 - recorded, the file is closed, re-raised
+            exit_status = "fail"
+            cause = mover.errors[-1] if mover.errors else exc
+            error = f"{type(cause).__name__}: {cause}"
+            if isinstance(exc, KeyboardInterrupt):
+                exit_status, error = "abort", "interrupted (Ctrl-C)"
+        finally:
+            if bar is not None:
+                bar.close()
+        run_s = time.monotonic() - t0
+        st_docs = (result or {}).get("stages", [])
+        after_obs = None
+        after_images: dict[str, Any] = {}
+        if exit_status == "success":
+            say("measuring the beam after alignment")
+            after_obs = bl.acquire()
+            after_images = _images(bl)
+            for n, img in after_images.items():
+                if img is not None:
+                    writer.add_image(f"after_{n}", img, title=f"{n} after alignment")
+        ideal = refs.measured[observed_at]
+        final = after_obs.reading(observed_at).stats if after_obs is not None else None
+        refusals = [r for s in st_docs for r in s.get("refusals", [])]
+        doc.update({
+            "success": bool(final is not None and beamline_aligned(final, ideal)),
+            "misalign": None, "evaluations": sum(s["evaluations"] for s in st_docs),
+            "moves": sum(s["moves"] for s in st_docs), "beamline_time_s": run_s,
+            "stages": st_docs, "observed_at": observed_at,
+            "before": before_obs.reading(observed_at).stats.to_dict(),
+            "final": final.to_dict() if final is not None else None,
+            "ideal": ideal.to_dict(),
+            "final_flux_ratio": (final.flux / ideal.flux if final is not None and ideal.flux > 0
+                                 else None),
+            "stages_aligned": sum(bool(s["success"]) for s in st_docs),
+            "exit_status": exit_status, "error": error, "beamline": desc.name,
+            "run_uid": (nexus_cb.start or {}).get("uid"),
+            "events": len(events),
+            "safety": {"refusals": refusals, "beam_losses": bl.watchdog.losses,
+                       "suspended_s": bl.watchdog.suspended_s,
+                       "frames_discarded": bl.frames_discarded, "ca_puts": len(bl.ca.puts),
+                       "moved_axes": sorted(bl.moved)}})
+        writer.set_metadata("refusals", refusals)
+        writer.set_metadata("error", error or "")
+        writer.set_metadata("result", jsonable({k: v for k, v in doc.items()
+                                                if k not in ("dry_run", "stages")}))
+        status = {"success": "success", "abort": "abort"}.get(exit_status, "fail")
+        nexus = writer.close(status)
+    except BaseException:
+        if not writer.closed:
+            try:
+                writer.close("fail")
+            except DataWriteError:
+                writer.abandon()
+        raise
+    doc["nexus_file"] = str(nexus.resolve())
+    report = write_report(out, doc, events=events, before_images=before_images,
+                          after_images=after_images, moves=bl.move_log)
+    doc["report"] = str(report.resolve())
+    return doc
+
