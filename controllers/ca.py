@@ -78,11 +78,16 @@ class Channels:
     # ------------------------------------------------------------------ connection
     def pv(self, name: str) -> Any:
         """The (cached, monitored) pyepics PV object of *name*."""
+        p = self._pvs.get(name)  # no lock on a hit: CA callbacks call this
+        if p is not None:
+            return p
         with self._lock:
             p = self._pvs.get(name)
             if p is None:
-                p = self._epics.get_pv(name, connect=False,
-                                       connection_callback=self._connection_changed)
+                # a PV object of its own, not pyepics' shared cache: ophyd keeps
+                # PVs of its own class there, and the two must not meet
+                p = self._epics.PV(name, connection_callback=self._connection_changed,
+                                   auto_monitor=True)
                 self._pvs[name] = p
             return p
 
@@ -190,12 +195,23 @@ class Channels:
         return bool(self.pv(name).put_complete)
 
     def close(self) -> None:
-        """Drop every PV's monitors."""
+        """Drop every PV's callbacks and monitors.
+
+        The lock is not held while disconnecting: a CA callback in flight may need
+        :meth:`pv`, and libca waits for it to finish.
+        """
+        self.on_disconnect.clear()
         with self._lock:
-            for p in self._pvs.values():
-                try:
-                    p.clear_callbacks()
-                    p.disconnect()
-                except Exception:  # pragma: no cover - best effort at teardown
-                    pass
-            self._pvs.clear()
+            pvs = list(self._pvs.values())
+        for p in pvs:
+            try:
+                p.clear_callbacks()
+            except Exception:  # pragma: no cover - best effort at teardown
+                pass
+        for p in pvs:
+            # drop this PV's own monitor only: pyepics shares the channel itself with
+            # every other PV object of that name (ophyd's too), so it stays open
+            try:
+                p.clear_auto_monitor()
+            except Exception:  # pragma: no cover - best effort at teardown
+                pass

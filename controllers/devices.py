@@ -65,6 +65,7 @@ class SafeEpicsMotor(EpicsMotor):
         super().check_value(pos)
 
     def move(self, position: float, wait: bool = True, **kwargs: Any) -> Any:  # noqa: D102
+        self.check_value(position)
         if kwargs.get("timeout") is None:
             velo = float(self.velocity.get())
             here = float(self.user_readback.get())

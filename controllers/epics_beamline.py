@@ -43,7 +43,8 @@ __all__ = ["EpicsConfig", "EpicsBeamline", "MoveTimeoutError", "LimitsChangedErr
            "MOTOR_READ_FIELDS"]
 
 #: motor-record fields read for every motor
-MOTOR_READ_FIELDS = ("RBV", "DMOV", "LVIO", "HLM", "LLM", "EGU", "MRES", "VELO", "ACCL")
+MOTOR_READ_FIELDS = ("RBV", "DMOV", "LVIO", "HLM", "LLM", "DHLM", "DLLM", "EGU", "MRES", "VELO",
+                     "ACCL")
 _NAN = math.nan
 
 
@@ -173,11 +174,15 @@ class EpicsBeamline:
 
     # ------------------------------------------------------------------ protocol
     def motors(self) -> dict[str, MotorInfo]:
-        """Every motor with the soft limits the IOC has now (user coordinates)."""
+        """Every motor with the soft limits the IOC has now (user coordinates).
+
+        An axis without usable limits (see :meth:`limit_problem`) reports NaN
+        limits, which the safety layer refuses.
+        """
         out = {}
         for m in self.desc.motors:
             spec = self.desc.motor(m)
-            lo, hi = self._limits(m)
+            lo, hi = (_NAN, _NAN) if self.limit_problem(m) else self._limits(m)
             out[m] = MotorInfo(m, spec.units, lo, hi,
                                float(self.ca.get(self.map.motor_field(m, "MRES"))),
                                float(self.ca.get(self.map.motor_field(m, "VELO"))),
@@ -223,9 +228,9 @@ class EpicsBeamline:
                 raise LimitsChangedError(
                     f"{name}: soft limits changed during the run from {self._limits0[name]} "
                     f"to {(lo, hi)}; the run stops before the next move")
-            if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
-                raise EnvelopeError(f"{name}: the motor has no usable soft limits ({lo}, {hi}); "
-                                    f"it cannot be moved by beamtwin")
+            problem = self.limit_problem(name)
+            if problem:
+                raise EnvelopeError(f"{name}: {problem}; the axis cannot be moved by beamtwin")
             if not lo <= float(value) <= hi:
                 raise EnvelopeError(f"{name}: target {value!r} is outside the soft limits "
                                     f"[{lo}, {hi}]")
@@ -315,9 +320,27 @@ class EpicsBeamline:
         self.ca.close()
 
     # ------------------------------------------------------------------ internals
+    def limit_problem(self, name: str) -> str | None:
+        """Why motor *name*'s soft limits are unusable, or None if they are fine.
+
+        ``DLLM == DHLM == 0`` means "no limits" in the motor record; a dial low
+        limit at or above the high one leaves no range.
+        """
+        dlo = self.ca.get_float(self.map.motor_field(name, "DLLM"), fresh=True)
+        dhi = self.ca.get_float(self.map.motor_field(name, "DHLM"), fresh=True)
+        lo, hi = self._limits(name)
+        if not all(math.isfinite(v) for v in (dlo, dhi, lo, hi)):
+            return f"soft limits are not finite (dial {dlo}, {dhi}; user {lo}, {hi})"
+        if dlo == 0 and dhi == 0:
+            return "no soft limits (DLLM = DHLM = 0)"
+        if dlo >= dhi or lo >= hi:
+            return f"low limit {dlo} >= high limit {dhi} (dial), no range"
+        return None
+
     def _limits(self, name: str) -> tuple[float, float]:
-        return (self.ca.get_float(self.map.motor_field(name, "LLM")),
-                self.ca.get_float(self.map.motor_field(name, "HLM")))
+        # fresh from the IOC: a monitor update may still be on its way
+        return (self.ca.get_float(self.map.motor_field(name, "LLM"), fresh=True),
+                self.ca.get_float(self.map.motor_field(name, "HLM"), fresh=True))
 
     def _move_time(self, name: str, here: float, target: float) -> float:
         spec = self.desc.motor(name)

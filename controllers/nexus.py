@@ -67,6 +67,52 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat()
 
 
+class _DiskFile:
+    """The file under HDF5 (h5py's ``fileobj`` driver), unbuffered.
+
+    After a failed write (disk full, I/O error) :meth:`stop_writing` makes every
+    later write a no-op, so that HDF5 can still close the file without touching
+    the disk again: the bytes already written stay as they were, and the
+    process does not crash at exit flushing a cache it cannot write.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._f = open(path, "w+b", buffering=0)  # noqa: SIM115 - closed in close()
+        self._writing = True
+
+    def stop_writing(self) -> None:
+        self._writing = False
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(n)
+
+    def readinto(self, b: Any) -> int | None:
+        return self._f.readinto(b)
+
+    def write(self, b: Any) -> int:
+        if not self._writing:
+            return len(b)
+        return self._f.write(b)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        return self._f.truncate(size) if self._writing else (size or 0)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def fsync(self) -> None:
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
 def _nx(group: h5py.Group, nx_class: str) -> h5py.Group:
     group.attrs["NX_class"] = nx_class
     return group
@@ -112,7 +158,8 @@ class NexusWriter:
         self._motors: list[str] = []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = h5py.File(self.partial, "w")
+            self._disk = _DiskFile(self.partial)
+            self._f = h5py.File(self._disk, "w")
             f = self._f
             f.attrs.update({"default": "entry", "file_name": self.path.name,
                             "file_time": _now(), "creator": f"beamtwin {__version__}",
@@ -240,11 +287,8 @@ class NexusWriter:
             e["points"] = self.points
             self._f.flush()
             self._f.close()
-            fd = os.open(self.partial, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._disk.fsync()
+            self._disk.close()
             os.replace(self.partial, self.path)
             dfd = os.open(self.path.parent, os.O_RDONLY)
             try:
@@ -257,12 +301,14 @@ class NexusWriter:
         return self.path
 
     def abandon(self) -> None:
-        """Close the file handle after a failure, leaving the ``.partial`` as it is."""
+        """Close the file after a failure, leaving the ``.partial`` as it is on disk."""
         if not self.closed:
+            self._disk.stop_writing()
             try:
                 self._f.close()
             except Exception:  # noqa: BLE001 - the file may already be broken
                 pass
+            self._disk.close()
             self.closed = True
 
     def __enter__(self) -> NexusWriter:
@@ -282,7 +328,7 @@ class NexusWriter:
     def _guard(self, fn: Any) -> None:
         try:
             fn()
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # h5py raises RuntimeError when a flush fails
             self.abandon()
             raise DataWriteError(f"writing NeXus file {str(self.partial)!r} failed: {exc}; "
                                  f"{self.points} point(s) were flushed before") from exc

@@ -85,8 +85,9 @@ def dry_run(bl: EpicsBeamline, st_list: Sequence[Stage], agent_name: str,
         span = default_span(bl.desc, st, span_sigmas)
         for m in st.motors:
             lo, hi = infos[m].low, infos[m].high
-            ok = math.isfinite(lo) and math.isfinite(hi) and lo < hi and not (lo == hi == 0)
-            why = "" if ok else f"no usable soft limits ({lo}, {hi})"
+            problem = bl.limit_problem(m)
+            ok = problem is None
+            why = problem or ""
             if ok and not lo <= here[m] <= hi:
                 ok, why = False, f"readback {here[m]!r} outside the soft limits [{lo}, {hi}]"
             box = (max(here[m] - span[m], lo), min(here[m] + span[m], hi))
