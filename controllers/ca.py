@@ -107,11 +107,15 @@ class Channels:
             if not p.wait_for_connection(timeout=max(deadline - time.monotonic(), 0.01)):
                 missing.append(n)
         if missing:
-            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more"
-                                               if len(missing) > 10 else "")
-            raise PvNotFoundError(f"{len(missing)} PV(s) did not connect within "
-                                  f"{self.timeout if timeout is None else timeout:g} s "
-                                  f"(misspelled, or no IOC serves them): {shown}")
+            # a motor record's fields share its name: name the record once
+            records = list(dict.fromkeys(n.split(".", 1)[0] for n in missing))
+            shown = ", ".join(records[:12]) + (f" and {len(records) - 12} more"
+                                               if len(records) > 12 else "")
+            hint = (" Is an IOC serving this prefix, and is EPICS_CA_ADDR_LIST right?"
+                    if len(missing) == len(names) else "")
+            raise PvNotFoundError(f"{len(missing)} of {len(names)} PV(s) did not connect "
+                                  f"within {self.timeout if timeout is None else timeout:g} s "
+                                  f"(misspelled, or no IOC serves them): {shown}.{hint}")
 
     def connected(self, name: str) -> bool:
         """Whether *name* is connected now."""

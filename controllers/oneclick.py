@@ -21,8 +21,10 @@ every axis it moved gets STOP. The document returned has the keys of
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -242,6 +244,10 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
         result: dict[str, Any] | None = None
         error: str | None = None
         exit_status = "success"
+        # the RunEngine prints ("Pausing...", "Aborting..."): to stderr, so that stdout
+        # holds only the command's JSON document
+        quiet = contextlib.redirect_stdout(sys.stderr)
+        quiet.__enter__()
         try:
             res = RE(agent_plan(bridge, mover, reader, work, md=md))
             result = outcome.get("align")
@@ -255,13 +261,15 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
             except Exception:  # noqa: BLE001 - the abort's own result is recorded below
                 pass
             exit_status, error = "abort", "interrupted (Ctrl-C)"
-        except BaseException as exc:  # noqa: BLE001 - recorded, the file is closed, re-raised
+        except BaseException as exc:  # noqa: BLE001 - recorded in the document and the file
             exit_status = "fail"
-            cause = mover.errors[-1] if mover.errors else exc
+            errors = mover.errors + reader.errors
+            cause = errors[-1] if errors else exc
             error = f"{type(cause).__name__}: {cause}"
             if isinstance(exc, KeyboardInterrupt):
                 exit_status, error = "abort", "interrupted (Ctrl-C)"
         finally:
+            quiet.__exit__(None, None, None)
             if bar is not None:
                 bar.close()
         run_s = time.monotonic() - t0

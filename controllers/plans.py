@@ -110,6 +110,7 @@ class BeamlineReader:
         self.objective: Objective | None = None
         self.stage_index = 0
         self.last: Observation | None = None
+        self.errors: list[BaseException] = []
         self._diags = [d for d in beamline.map.diagnostic_names
                        if beamline.map.device(d) is not None]
 
@@ -120,6 +121,7 @@ class BeamlineReader:
             try:
                 self.last = self.beamline.acquire()
             except BaseException as exc:  # noqa: BLE001 - handed to the RunEngine
+                self.errors.append(exc)
                 status.set_exception(exc)
             else:
                 status.set_finished()
@@ -287,8 +289,7 @@ def agent_plan(bridge: PlanBridge, mover: BeamlineMover, reader: BeamlineReader,
                     else:  # pragma: no cover - BridgedBeamline sends only these
                         bridge.reply(req, error=RunAborted(f"unknown request {req.kind!r}"))
                 except BaseException as exc:
-                    cause = mover.errors[-1] if mover.errors else exc
-                    bridge.reply(req, error=cause)
+                    bridge.reply(req, error=_cause(exc, mover, reader))
                     raise
         finally:
             bridge.close("the plan ended")
@@ -298,6 +299,24 @@ def agent_plan(bridge: PlanBridge, mover: BeamlineMover, reader: BeamlineReader,
         return outcome.get("result")
 
     return (yield from inner())
+
+
+def _cause(exc: BaseException, mover: BeamlineMover, reader: BeamlineReader) -> BaseException:
+    """What the agent should see when the plan stopped on *exc*.
+
+    A failed move or acquisition gives the original error (a refusal, a timeout);
+    an abort, a stop or the plan's closing gives :class:`RunAborted`.
+    """
+    from bluesky.utils import FailedStatus
+
+    if isinstance(exc, FailedStatus):
+        errors = mover.errors + reader.errors
+        if errors:
+            return errors[-1]
+    if isinstance(exc, Exception) and not isinstance(exc, FailedStatus) and \
+            type(exc).__module__.split(".")[0] != "bluesky":
+        return exc
+    return RunAborted(f"the run was ended by the RunEngine ({type(exc).__name__})")
 
 
 class NexusCallback:

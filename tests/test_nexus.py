@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from controllers.nexus import DataWriteError, NexusWriter, recover, validate
+from controllers.nexus import NexusWriter, recover, validate
 from twin.errors import ConfigError
 
 # a writer in a subprocess: one point every 2 ms, "n" printed after each flush
