@@ -229,6 +229,9 @@ class BridgedBeamline:
 
     def __init__(self, beamline: EpicsBeamline, bridge: PlanBridge) -> None:
         self.inner, self.bridge = beamline, bridge
+        #: the beamline description (agents that know the optics, e.g. which mirror
+        #: focuses which plane, read it here as they do on the twin)
+        self.desc = beamline.desc
 
     def motors(self) -> dict[str, MotorInfo]:  # noqa: D102
         return self.inner.motors()

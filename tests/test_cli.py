@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -81,11 +82,27 @@ def test_bench_twin_json():
     assert doc["cached_retraces_per_s"] > doc["full_traces_per_s"] > 0
 
 
-def test_demo_writes_picture_and_stats(tmp_path):
-    code, doc = run("demo", "--rays", "1500", "--out", str(tmp_path), "--json")
-    assert code == 0
-    assert set(STAT_KEYS) <= set(doc["aligned"]) and set(STAT_KEYS) <= set(doc["misaligned"])
-    assert (tmp_path / "beam.png").exists() and (tmp_path / "demo.json").exists()
+@pytest.mark.ioc
+def test_demo_is_one_click_alignment_over_epics(tmp_path):
+    """The main job, end to end, in its own process (it sets up its own CA client)."""
+    r = subprocess.run([sys.executable, "-m", "controllers.cli", "demo", "--rays", "2000",
+                        "--stages", "m1,mono", "--budget", "25", "--no-disturbances",
+                        "--out", str(tmp_path), "--no-progress", "--json"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    a = doc["alignment"]
+    assert {"success", "agent", "evaluations", "moves", "beamline_time_s", "stages", "final",
+            "ideal", "stages_aligned", "exit_status"} <= set(a)
+    assert a["exit_status"] == "success" and a["stages_aligned"] == 2
+    assert doc["nexus_file"] == a["nexus_file"] and Path(doc["nexus_file"]).is_absolute()
+    from controllers.nexus import validate
+
+    assert validate(doc["nexus_file"])["points"] == a["evaluations"]
+    assert Path(doc["report"]).exists() and (tmp_path / "beam.png").exists()
+    assert json.loads((tmp_path / "demo.json").read_text())["summary"] == doc["summary"]
+    assert doc["ioc"]["exit_status"] == 0  # the IOC was stopped cleanly
+    assert "demo: stopping the IOC" in r.stderr
 
 
 def test_bench_twin_fast_json():
