@@ -79,6 +79,10 @@ class _DiskFile:
     def __init__(self, path: Path) -> None:
         self._f = open(path, "w+b", buffering=0)  # noqa: SIM115 - closed in close()
         self._writing = True
+        #: the first write error; from then on writes are dropped (HDF5 must never see
+        #: one fail: it may happen while h5py frees an object, where the error is lost
+        #: and the library's state is left broken)
+        self.error: OSError | None = None
 
     def stop_writing(self) -> None:
         self._writing = False
@@ -92,7 +96,12 @@ class _DiskFile:
     def write(self, b: Any) -> int:
         if not self._writing:
             return len(b)
-        return self._f.write(b)
+        try:
+            return self._f.write(b)
+        except OSError as exc:
+            self.error = self.error or exc
+            self._writing = False
+            return len(b)
 
     def seek(self, offset: int, whence: int = 0) -> int:
         return self._f.seek(offset, whence)
@@ -101,7 +110,14 @@ class _DiskFile:
         return self._f.tell()
 
     def truncate(self, size: int | None = None) -> int:
-        return self._f.truncate(size) if self._writing else (size or 0)
+        if not self._writing:
+            return size or 0
+        try:
+            return self._f.truncate(size)
+        except OSError as exc:
+            self.error = self.error or exc
+            self._writing = False
+            return size or 0
 
     def flush(self) -> None:
         self._f.flush()
@@ -184,7 +200,11 @@ class NexusWriter:
             for k, v in (metadata or {}).items():
                 self._put_meta(prog, k, v)
             f.flush()
-        except OSError as exc:
+            if self._disk.error is not None:
+                raise self._disk.error
+        except (OSError, RuntimeError) as exc:
+            if hasattr(self, "_f"):
+                self.abandon()
             raise DataWriteError(f"cannot create NeXus file {str(self.partial)!r}: {exc}") from exc
 
     # ------------------------------------------------------------------ writing
@@ -287,6 +307,8 @@ class NexusWriter:
             e["points"] = self.points
             self._f.flush()
             self._f.close()
+            if self._disk.error is not None:
+                raise self._disk.error
             self._disk.fsync()
             self._disk.close()
             os.replace(self.partial, self.path)
@@ -328,6 +350,8 @@ class NexusWriter:
     def _guard(self, fn: Any) -> None:
         try:
             fn()
+            if self._disk.error is not None:
+                raise self._disk.error
         except (OSError, RuntimeError) as exc:  # h5py raises RuntimeError when a flush fails
             self.abandon()
             raise DataWriteError(f"writing NeXus file {str(self.partial)!r} failed: {exc}; "

@@ -42,17 +42,44 @@ def _plot_beams(path: Path, before: Mapping[str, np.ndarray | None],
         return
     fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 6.2), squeeze=False)
     for j, n in enumerate(names):
+        window = _window([before.get(n), after.get(n)])
         for i, (label, imgs) in enumerate((("before", before), ("after", after))):
             ax = axes[i][j]
             img = imgs.get(n)
             if img is not None:
-                ax.imshow(img, cmap="inferno", origin="upper", interpolation="nearest")
-            ax.set_title(f"{n}: {label}", fontsize=9)
+                r0, r1, c0, c1 = window
+                ax.imshow(img[r0:r1, c0:c1], cmap="inferno", origin="upper",
+                          interpolation="nearest")
+            ax.set_title(f"{n}: {label} (cropped)", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _window(images: Sequence[np.ndarray | None], *, level: float = 0.05,
+            min_px: int = 24) -> tuple[int, int, int, int]:
+    """Rows and columns (r0, r1, c0, c1) around the beam in any of *images*, padded."""
+    shape = next(i.shape for i in images if i is not None)
+    rows, cols = [], []
+    for img in images:
+        if img is None or not np.any(img > 0):
+            continue
+        r, c = np.nonzero(img > level * float(np.max(img)))
+        rows += [int(r.min()), int(r.max())]
+        cols += [int(c.min()), int(c.max())]
+    if not rows:
+        return 0, shape[0], 0, shape[1]
+
+    def span(lo: int, hi: int, n: int) -> tuple[int, int]:
+        half = max((hi - lo) * 0.8, min_px / 2)
+        mid = (lo + hi) / 2
+        return max(int(mid - half), 0), min(int(mid + half) + 1, n)
+
+    r0, r1 = span(min(rows), max(rows), shape[0])
+    c0, c1 = span(min(cols), max(cols), shape[1])
+    return r0, r1, c0, c1
 
 
 def _plot_convergence(path: Path, events: Sequence[Mapping[str, float]],
@@ -70,7 +97,7 @@ def _plot_convergence(path: Path, events: Sequence[Mapping[str, float]],
         sel = st == k
         if sel.any():
             ax.plot(x[sel], np.clip(fom[sel], 1e-4, None), ".-", label=name, ms=4, lw=0.8)
-    ax.axhline(0.9, color="k", ls=":", lw=1, label="stop (0.9)")
+    ax.axhline(0.95, color="k", ls=":", lw=1, label="agents stop (0.95)")
     ax.set_yscale("log")
     ax.set_xlabel("evaluation (event number)")
     ax.set_ylabel("figure of merit (1 = ideal)")
@@ -102,7 +129,7 @@ def write_report(out_dir: str | Path, doc: Mapping[str, Any], *,
         f"# One-click alignment of {doc.get('beamline', 'the beamline')} over EPICS",
         "",
         f"- result: **{'aligned' if doc.get('success') else 'NOT aligned'}** "
-        f"({doc.get('exit_status', '')}); agent `{doc.get('agent')}`, prefix "
+        f"(the run ended: {doc.get('exit_status', '')}); agent `{doc.get('agent')}`, prefix "
         f"`{doc.get('prefix')}`",
         f"- {doc.get('evaluations')} evaluations, {doc.get('moves')} moves, "
         f"{_fmt(doc.get('beamline_time_s'), '.1f')} s of beamline time",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -119,17 +120,25 @@ def _run_writer(tmp_path: Path, path: Path, preexec=None, *extra: str
                           cwd=tmp_path)
 
 
-def test_disk_full_aborts_cleanly_with_the_error(tmp_path):
+@pytest.mark.parametrize("limit, when", [(60_000, "mid-run"), (3_000, "at creation")])
+def test_disk_full_aborts_cleanly_with_the_error(tmp_path, limit, when):
     def small_disk():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
-        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     path = tmp_path / "full.h5"
     r = _run_writer(tmp_path, path, small_disk)
-    assert r.returncode == 1
+    assert r.returncode == 1, r.stderr[-3000:]  # a clean exit with the error, not a crash
     assert "DataWriteError" in r.stderr and "full.h5.partial" in r.stderr, r.stderr[-2000:]
-    assert "point(s) were flushed" in r.stderr
+    assert "File too large" in r.stderr
     assert not path.exists()
+    if when == "mid-run":
+        m = re.search(r"(\d+) point\(s\) were flushed before", r.stderr)
+        assert m is not None and int(m.group(1)) > 100
+        # the points flushed before the disk filled are still there (at most one lost)
+        assert validate(tmp_path / "full.h5.partial")["points"] >= int(m.group(1)) - 1
+    else:
+        assert "cannot create NeXus file" in r.stderr
 
 
 def test_permission_denied_is_a_clear_error(tmp_path):
