@@ -21,9 +21,8 @@ import numpy as np
 from agents.objective import Judgement, Objective
 from agents.problem import AlignmentProblem, default_span
 from agents.safety import BudgetError, DivergenceError, SafetyConfig
-from agents.stages import STAGE_ORDER, Stage, stage, stages
+from agents.stages import Stage, ordered_stages, stage
 from twin.description import BeamlineDescription
-from twin.errors import ConfigError
 from twin.hidden import HiddenErrors
 from twin.observation import BeamStats
 from twin.protocol import MovableBeamline
@@ -260,12 +259,8 @@ def align(desc: BeamlineDescription, beamline: MovableBeamline,
     Returns the ``beamtwin align --json`` document (without ``ideal``/``final`` of
     the whole beamline, which the caller measures).
     """
-    available = stages(desc)
-    names = list(stage_names) if stage_names else [s for s in STAGE_ORDER if s in available]
-    for n in names:
-        if n not in available:
-            raise ConfigError(f"unknown alignment stage {n!r}; available: "
-                              f"{', '.join(available)}")
+    available = {st.name: st for st in ordered_stages(desc, stage_names)}
+    names = list(available)
     say = progress or (lambda m: None)
     chosen = {n: agents(available[n]) for n in names}
     for n, agent in chosen.items():  # refuse before the first stage moves anything

@@ -26,6 +26,7 @@ user's preset gets them too:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,9 +42,9 @@ from twin.description import (
     Screen,
     Slits,
 )
-from twin.errors import UnknownNameError
+from twin.errors import ConfigError, UnknownNameError
 
-__all__ = ["Stage", "stages", "stage", "STAGE_ORDER"]
+__all__ = ["Stage", "stages", "stage", "ordered_stages", "STAGE_ORDER"]
 
 #: the progressive order of one-click alignment
 STAGE_ORDER = ("m1", "mono", "slits", "kb", "sample")
@@ -149,3 +150,15 @@ def stage(desc: BeamlineDescription, name: str) -> Stage:
         raise UnknownNameError(f"unknown alignment stage {name!r} for beamline {desc.name!r}; "
                                f"available: {', '.join(all_) or 'none'}")
     return all_[name]
+
+
+def ordered_stages(desc: BeamlineDescription, names: Sequence[str] | None = None) -> list[Stage]:
+    """The stages called *names*, in that order (default: all of *desc*'s, in
+    :data:`STAGE_ORDER`); an unknown name raises ConfigError naming the available ones."""
+    available = stages(desc)
+    chosen = list(names) if names else [s for s in STAGE_ORDER if s in available]
+    for n in chosen:
+        if n not in available:
+            raise ConfigError(f"unknown alignment stage {n!r}; available: "
+                              f"{', '.join(available)}")
+    return [available[n] for n in chosen]

@@ -37,7 +37,7 @@ from agents.objective import Objective
 from agents.problem import default_span
 from agents.registry import DEFAULT_AGENT, make_agent
 from agents.safety import SafetyConfig
-from agents.stages import STAGE_ORDER, Stage, stages
+from agents.stages import Stage, ordered_stages
 from controllers.epics_beamline import EpicsBeamline, EpicsConfig
 from controllers.nexus import DataWriteError, NexusWriter
 from controllers.plans import (
@@ -59,16 +59,6 @@ __all__ = ["align_over_epics", "dry_run", "PreflightError"]
 
 class PreflightError(BeamtwinError, RuntimeError):
     """The dry run found a reason not to start; nothing moved."""
-
-
-def _stage_list(desc: BeamlineDescription, names: Sequence[str] | None) -> list[Stage]:
-    available = stages(desc)
-    chosen = list(names) if names else [s for s in STAGE_ORDER if s in available]
-    for n in chosen:
-        if n not in available:
-            raise ConfigError(f"unknown alignment stage {n!r}; available: "
-                              f"{', '.join(available)}")
-    return [available[n] for n in chosen]
 
 
 def dry_run(bl: EpicsBeamline, st_list: Sequence[Stage], agent_name: str,
@@ -142,7 +132,7 @@ def align_over_epics(desc: BeamlineDescription, prefix: str, *, mapping: str | N
     say = progress or (lambda m: None)
     name = agent_name or DEFAULT_AGENT
     make_agent(name)  # an unknown agent is refused before anything connects
-    st_list = _stage_list(desc, stage_names)
+    st_list = ordered_stages(desc, stage_names)
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 2:
         raise ConfigError(f"budget must be an integer >= 2 evaluations, got {budget!r}")
     pvmap = PvMap.load(desc, prefix, mapping)
@@ -175,9 +165,14 @@ def _references(bl: EpicsBeamline, budget: int, safety: SafetyConfig | None
     return settings, References.of(bl.desc, settings, seed=0)
 
 
-def _images(bl: EpicsBeamline) -> dict[str, Any]:
-    return {d: bl.image(d) for d in bl.map.diagnostic_names
-            if bl.map.image(d) is not None}
+def _snapshot(bl: EpicsBeamline, writer: NexusWriter, when: str) -> tuple[Any, dict[str, Any]]:
+    """One acquisition and every camera's image, stored as ``/entry/{when}_{camera}``."""
+    obs = bl.acquire()
+    images = {d: bl.image(d) for d in bl.map.diagnostic_names if bl.map.image(d) is not None}
+    for n, img in images.items():
+        if img is not None:
+            writer.add_image(f"{when}_{n}", img, title=f"{n} {when} alignment")
+    return obs, images
 
 
 def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], name: str,
@@ -199,11 +194,7 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
                                                        "rays": settings.rays})})
     try:
         say("measuring the beam before alignment")
-        before_obs = bl.acquire()
-        before_images = _images(bl)
-        for n, img in before_images.items():
-            if img is not None:
-                writer.add_image(f"before_{n}", img, title=f"{n} before alignment")
+        before_obs, before_images = _snapshot(bl, writer, "before")
         bridge = PlanBridge()
         mover, reader = BeamlineMover(bl), BeamlineReader(bl)
         events: list[dict[str, float]] = []
@@ -278,11 +269,7 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
         after_images: dict[str, Any] = {}
         if exit_status == "success":
             say("measuring the beam after alignment")
-            after_obs = bl.acquire()
-            after_images = _images(bl)
-            for n, img in after_images.items():
-                if img is not None:
-                    writer.add_image(f"after_{n}", img, title=f"{n} after alignment")
+            after_obs, after_images = _snapshot(bl, writer, "after")
         ideal = refs.measured[observed_at]
         final = after_obs.reading(observed_at).stats if after_obs is not None else None
         refusals = [r for s in st_docs for r in s.get("refusals", [])]

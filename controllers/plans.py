@@ -51,6 +51,24 @@ def _stats_keys(prefix: str) -> tuple[str, ...]:
     return tuple(f"{prefix}_{k}" for k in ("flux", "x_um", "y_um", "fwhm_x_um", "fwhm_y_um"))
 
 
+def _in_thread(obj: Any, fn: Callable[[], object], errors: list[BaseException],
+               what: str) -> Status:
+    """Run *fn* in a thread; a Status that finishes with it (an error is kept in *errors*)."""
+    status = Status(obj=obj)
+
+    def work() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the RunEngine
+            errors.append(exc)
+            status.set_exception(exc)
+        else:
+            status.set_finished()
+
+    threading.Thread(target=work, name=f"beamtwin-{what}", daemon=True).start()
+    return status
+
+
 class BeamlineMover:
     """A bluesky ``Movable`` for a whole set of motor targets at once.
 
@@ -63,19 +81,7 @@ class BeamlineMover:
         self.errors: list[BaseException] = []
 
     def set(self, targets: Mapping[str, float]) -> Status:  # noqa: D102
-        status = Status(obj=self)
-
-        def work() -> None:
-            try:
-                self.beamline.move(targets)
-            except BaseException as exc:  # noqa: BLE001 - handed to the RunEngine
-                self.errors.append(exc)
-                status.set_exception(exc)
-            else:
-                status.set_finished()
-
-        threading.Thread(target=work, name="beamtwin-move", daemon=True).start()
-        return status
+        return _in_thread(self, lambda: self.beamline.move(targets), self.errors, "move")
 
     def stop(self, *, success: bool = False) -> None:  # noqa: D102
         self.beamline.stop()
@@ -115,19 +121,10 @@ class BeamlineReader:
                        if beamline.map.device(d) is not None]
 
     def trigger(self) -> Status:  # noqa: D102
-        status = Status(obj=self)
+        def acquire() -> None:
+            self.last = self.beamline.acquire()
 
-        def work() -> None:
-            try:
-                self.last = self.beamline.acquire()
-            except BaseException as exc:  # noqa: BLE001 - handed to the RunEngine
-                self.errors.append(exc)
-                status.set_exception(exc)
-            else:
-                status.set_finished()
-
-        threading.Thread(target=work, name="beamtwin-acquire", daemon=True).start()
-        return status
+        return _in_thread(self, acquire, self.errors, "acquire")
 
     def _values(self) -> dict[str, float]:
         obs = self.last

@@ -8,8 +8,8 @@ gap-dependent source, ring decay and top-up), none of which the agents were
 tuned on (they were tuned and trained on the fast twin, without disturbances).
 It then runs ``beamtwin align --epics`` against it: motors move at their real
 speeds, so the run's wall time is beamline time. It writes
-``docs/oneclick_epics.json`` (every run's document, less the per-move detail) and
-prints a summary.
+``docs/oneclick_epics.json`` (or ``--doc``: every run's document, less the per-move
+detail) and prints a summary.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--agent", default="separable")
     ap.add_argument("--budget", type=int, default=100)
     ap.add_argument("--out", default=None, help="Folder for the runs' files [temporary].")
+    ap.add_argument("--doc", default="oneclick_epics.json",
+                    help="File in docs/ for the results [oneclick_epics.json].")
     a = ap.parse_args()
     out = Path(a.out or tempfile.mkdtemp(prefix="beamtwin-oneclick-"))
     runs = []
@@ -80,10 +82,11 @@ def main() -> None:
         "median_evaluations": sorted(r["evaluations"] for r in runs)[len(runs) // 2],
         "median_beamline_time_s": sorted(r["beamline_time_s"] for r in runs)[len(runs) // 2],
         "command": f"python experiments/oneclick_epics.py --seeds {a.seeds} --backend "
-                   f"{a.backend} --rays {a.rays} --agent {a.agent} --budget {a.budget}",
+                   f"{a.backend} --rays {a.rays} --agent {a.agent} --budget {a.budget} "
+                   f"--doc {a.doc}",
     }
     DOCS.mkdir(exist_ok=True)
-    (DOCS / "oneclick_epics.json").write_text(json.dumps({"summary": summary, "runs": runs},
+    (DOCS / a.doc).write_text(json.dumps({"summary": summary, "runs": runs},
                                                          indent=1))
     print(json.dumps(summary, indent=1))
 

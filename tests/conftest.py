@@ -56,3 +56,11 @@ def ca_ports():
             ports.append(p)
     os.environ.update(client_env(ports))
     return ports
+
+
+@pytest.fixture(scope="session")
+def epics(ca_ports):
+    """pyepics, imported after the CA client environment is set."""
+    import epics as _epics
+
+    return _epics

@@ -42,13 +42,6 @@ def ioc(ca_ports):
 
 
 @pytest.fixture(scope="module")
-def epics(ca_ports):
-    import epics as _epics
-
-    return _epics
-
-
-@pytest.fixture(scope="module")
 def bl(ioc, desc):
     b = EpicsBeamline(PvMap(desc, ioc.prefix), config=FAST)
     yield b

@@ -24,13 +24,6 @@ def ioc(ca_ports):
         yield proc
 
 
-@pytest.fixture(scope="module")
-def epics(ca_ports):
-    import epics as _epics
-
-    return _epics
-
-
 def pv(epics, name: str):
     p = epics.get_pv(name, connect=True, timeout=5.0)
     if not p.connected:

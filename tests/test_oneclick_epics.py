@@ -34,13 +34,6 @@ def ioc(ca_ports):
         yield proc
 
 
-@pytest.fixture(scope="module")
-def epics(ca_ports):
-    import epics as _epics
-
-    return _epics
-
-
 def all_still(epics, prefix, desc) -> bool:
     return all(epics.caget(f"{prefix}{m.replace('.', ':')}.DMOV", use_monitor=False,
                            timeout=5) == 1 for m in desc.motors)
