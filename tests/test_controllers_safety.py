@@ -26,6 +26,7 @@ from controllers.epics_beamline import (
 from controllers.pvnames import PvMap
 from controllers.watchdog import BeamLostError
 from ioc_sim.process import IocProcess, random_prefix
+from tests.helpers import wait_for
 from twin.errors import BeamtwinError, NonFiniteError, UnknownNameError
 
 pytestmark = pytest.mark.ioc
@@ -57,15 +58,6 @@ def caget(epics, name, **kw):
 
 def refused_at_ioc(epics, ioc) -> int:
     return int(caget(epics, f"{ioc.prefix}twin:RefusedPuts_RBV"))
-
-
-def wait_for(cond, timeout=10.0, period=0.01) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(period)
-    return False
 
 
 # --------------------------------------------------------------------------- R4: names

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ioc_sim.process import IocProcess, random_prefix
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.ioc
 
@@ -36,15 +37,6 @@ def get(epics, name: str, **kw):
     if value is None:
         raise AssertionError(f"caget {name} timed out")
     return value
-
-
-def wait_for(cond, timeout: float = 10.0, period: float = 0.02) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(period)
-    return False
 
 
 # --------------------------------------------------------------------------- serving
