@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,8 +191,10 @@ class EpicsBeamline:
 
     def positions(self) -> dict[str, float]:
         """Readback of every motor, motor units (fresh from the IOC)."""
-        return {m: self.ca.get_float(self.map.motor_field(m, "RBV"), fresh=True)
-                for m in self.desc.motors}
+        return self._readbacks(self.desc.motors)
+
+    def _readbacks(self, names: Iterable[str]) -> dict[str, float]:
+        return {m: self.ca.get_float(self.map.motor_field(m, "RBV"), fresh=True) for m in names}
 
     @property
     def time_s(self) -> float:
@@ -236,7 +238,7 @@ class EpicsBeamline:
                                     f"[{lo}, {hi}]")
         if not targets:
             return
-        here = self.positions()
+        here = self._readbacks(targets)
         timeout = max(self._move_time(n, here[n], float(v)) for n, v in targets.items())
         t0 = time.monotonic()
         sent: list[str] = []
@@ -251,9 +253,9 @@ class EpicsBeamline:
             raise
         refused = [n for n in sent if int(self.ca.get(self.map.motor_field(n, "LVIO"),
                                                       fresh=True)) == 1]
-        after = self.positions()
+        after = self._readbacks(targets)
         self.move_log.append({"t": round(self.time_s, 4), "targets": targets,
-                              "readbacks": {n: after[n] for n in targets},
+                              "readbacks": after,
                               "duration_s": round(time.monotonic() - t0, 4),
                               "refused": refused})
         if refused:
