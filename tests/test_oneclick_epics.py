@@ -238,3 +238,36 @@ def test_command_line_dry_run_and_errors(ioc, desc):
     assert r.returncode == 2 and "kbb" in json.loads(r.stdout)["error"]
     r = run("--prefix", ioc.prefix, "--agent", "nope")
     assert r.returncode == 2 and "nope" in json.loads(r.stdout)["error"]
+
+
+@pytest.mark.parametrize("agent_name", ["scan", "nm", "random", "bo", "model", "rl", "hybrid",
+                                        "separable"])
+def test_every_agent_runs_over_epics_unchanged(agent_name, ioc, epics, desc):
+    """The agents of issue 4 drive the EPICS beamline through the same protocol (a short
+    budget on the mono stage: this is about running unchanged, not about converging)."""
+    from agents.harness import BenchSettings, References, run_trial
+    from agents.objective import Objective
+    from agents.problem import AlignmentProblem, default_span
+    from agents.registry import make_agent
+    from agents.stages import stage
+
+    bl = EpicsBeamline(PvMap(desc, ioc.prefix), movable=["dcm.pitch2", "dcm.roll2"],
+                       config=EpicsConfig(connect_timeout_s=3.0))
+    try:
+        st = stage(desc, "mono")
+        refs = References.of(desc, BenchSettings(backend="fast", rays=5000), seed=0)
+        start = bl.positions()
+        prob = AlignmentProblem(bl, st, Objective(st, refs.measured[st.diagnostic]),
+                                span=default_span(desc, st), budget=6, trial=f"epics-{agent_name}")
+        res = run_trial(make_agent(agent_name), prob, seed=0)
+        assert 1 <= res.evaluations <= 6 and res.error is None
+        assert [e.trial_id for e in prob.history] == [f"epics-{agent_name}/{k}"
+                                                      for k in range(1, res.evaluations + 1)]
+        end = bl.positions()
+        for i, m in enumerate(st.motors):
+            assert prob.lo[i] - 1e-9 <= end[m] <= prob.hi[i] + 1e-9
+        assert bl.moved <= {"dcm.pitch2", "dcm.roll2"}
+        bl.move({m: start[m] for m in st.motors})
+    finally:
+        bl.close()
+    assert all_still(epics, ioc.prefix, desc)
