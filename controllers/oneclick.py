@@ -126,9 +126,6 @@ def align_over_epics(desc: BeamlineDescription, prefix: str, *, mapping: str | N
     out_dir : path
         Where the NeXus file and the report go.
     """
-    from bluesky import RunEngine
-    from bluesky.utils import RunEngineInterrupted
-
     say = progress or (lambda m: None)
     name = agent_name or DEFAULT_AGENT
     make_agent(name)  # an unknown agent is refused before anything connects
@@ -147,7 +144,7 @@ def align_over_epics(desc: BeamlineDescription, prefix: str, *, mapping: str | N
         if dry_run_only:
             return doc
         return _run(bl, desc, st_list, name, budget, seed, Path(out_dir), safety, say,
-                    progress_bar, doc, RunEngine, RunEngineInterrupted)
+                    progress_bar, doc)
     finally:
         bl.close()
 
@@ -177,8 +174,10 @@ def _snapshot(bl: EpicsBeamline, writer: NexusWriter, when: str) -> tuple[Any, d
 
 def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], name: str,
          budget: int, seed: int, out: Path, safety: SafetyConfig | None,
-         say: Callable[[str], None], progress_bar: bool, doc: dict[str, Any],
-         RunEngine: Any, RunEngineInterrupted: type[BaseException]) -> dict[str, Any]:
+         say: Callable[[str], None], progress_bar: bool, doc: dict[str, Any]) -> dict[str, Any]:
+    from bluesky import RunEngine
+    from bluesky.utils import RunEngineInterrupted
+
     settings, refs = _references(bl, budget, safety)
     observed_at = next((s.diagnostic for s in st_list if s.name == "kb"), st_list[-1].diagnostic)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
