@@ -250,8 +250,13 @@ def align(desc: BeamlineDescription, beamline: MovableBeamline,
           agents: Callable[[Stage], Agent], *, stage_names: Sequence[str] | None = None,
           settings: BenchSettings, references: References, seed: int,
           progress: Callable[[str], None] | None = None,
-          on_stage: Callable[[int, Stage, Objective], None] | None = None) -> dict[str, Any]:
+          on_stage: Callable[[int, Stage, Objective], None] | None = None,
+          stop_on_divergence: bool = False) -> dict[str, Any]:
     """Progressive alignment: each stage in order, on one beamline.
+
+    With *stop_on_divergence*, a stage that diverges (its axes already back where
+    it started) ends the alignment: no later stage runs, and the document says
+    why in ``stopped``.
 
     *on_stage* is called with each stage's index, the stage and its objective
     before the stage starts (a run's recorder uses it).
@@ -286,4 +291,7 @@ def align(desc: BeamlineDescription, beamline: MovableBeamline,
                     "diagnostic": st.diagnostic, **res.to_dict()})
         say(f"  -> {'aligned' if res.success else 'NOT aligned'} in {res.evaluations} "
             f"evaluations, fom {res.final['fom']:.3f}")
+        if stop_on_divergence and (res.error or "").startswith("DivergenceError"):
+            say(f"stage {n} diverged: the alignment stops here")
+            return {"stages": out, "stopped": f"stage {n} diverged: {res.error}"}
     return {"stages": out}

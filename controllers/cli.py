@@ -391,7 +391,7 @@ def align_cmd(preset: str | None, agent: str | None, stages: str | None, seed: i
             status = doc.get("exit_status")
             if status == "abort":
                 sys.exit(130)
-            if status != "success":
+            if status != "success" or doc.get("stopped"):
                 sys.exit(1)
             return
         from agents.bench import one_click_align

@@ -36,7 +36,7 @@ from agents.harness import BenchSettings, References, align, check_agent
 from agents.objective import Objective
 from agents.problem import default_span
 from agents.registry import DEFAULT_AGENT, make_agent
-from agents.safety import SafetyConfig
+from agents.safety import SafeBeamline, SafetyConfig
 from agents.stages import Stage, ordered_stages
 from controllers.epics_beamline import EpicsBeamline, EpicsConfig
 from controllers.nexus import DataWriteError, NexusWriter
@@ -149,6 +149,17 @@ def align_over_epics(desc: BeamlineDescription, prefix: str, *, mapping: str | N
         bl.close()
 
 
+def _return_to_start(beamline: BridgedBeamline, start: dict[str, float], axes: list[str],
+                     safety: SafetyConfig) -> list[str]:
+    """Move *axes* back to *start* in capped steps, through the safety layer and the plan;
+    returns the axes moved back."""
+    infos = beamline.motors()
+    envelope = {m: (infos[m].low, infos[m].high) for m in axes}
+    if envelope:
+        SafeBeamline(beamline, envelope, safety).move_stepwise({m: start[m] for m in axes})
+    return axes
+
+
 def _references(bl: EpicsBeamline, budget: int, safety: SafetyConfig | None
                 ) -> tuple[BenchSettings, References]:
     twin = bl.map.device("twin")
@@ -217,11 +228,18 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
                     bar.set_postfix(fom=f"{ev.get('fom', math.nan):.3f}")
 
         outcome: dict[str, Any] = {}
+        run_start = bl.positions()
 
         def work() -> dict[str, Any]:
-            outcome["align"] = align(desc, BridgedBeamline(bl, bridge), lambda st: make_agent(name),
-                         stage_names=[s.name for s in st_list], settings=settings,
-                         references=refs, seed=seed, progress=say, on_stage=on_stage)
+            bridged = BridgedBeamline(bl, bridge)
+            outcome["align"] = align(desc, bridged, lambda st: make_agent(name),
+                                     stage_names=[s.name for s in st_list], settings=settings,
+                                     references=refs, seed=seed, progress=say,
+                                     on_stage=on_stage, stop_on_divergence=True)
+            if outcome["align"].get("stopped"):
+                say("return to safe: every moved axis goes back to where the run started")
+                outcome["returned"] = _return_to_start(bridged, run_start, sorted(bl.moved),
+                                                       settings.safety)
             return outcome["align"]
 
         RE = RunEngine({}, call_returns_result=True)
@@ -273,7 +291,8 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
         final = after_obs.reading(observed_at).stats if after_obs is not None else None
         refusals = [r for s in st_docs for r in s.get("refusals", [])]
         doc.update({
-            "success": bool(final is not None and beamline_aligned(final, ideal)),
+            "success": bool(final is not None and beamline_aligned(final, ideal)
+                            and not (result or {}).get("stopped")),
             "misalign": None, "evaluations": sum(s["evaluations"] for s in st_docs),
             "moves": sum(s["moves"] for s in st_docs), "beamline_time_s": run_s,
             "stages": st_docs, "observed_at": observed_at,
@@ -283,6 +302,8 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
             "final_flux_ratio": (final.flux / ideal.flux if final is not None and ideal.flux > 0
                                  else None),
             "stages_aligned": sum(bool(s["success"]) for s in st_docs),
+            "stopped": (result or {}).get("stopped"),
+            "returned_to_start": outcome.get("returned"),
             "exit_status": exit_status, "error": error, "beamline": desc.name,
             "run_uid": (nexus_cb.start or {}).get("uid"),
             "events": len(events),

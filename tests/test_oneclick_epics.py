@@ -271,3 +271,50 @@ def test_every_agent_runs_over_epics_unchanged(agent_name, ioc, epics, desc):
     finally:
         bl.close()
     assert all_still(epics, ioc.prefix, desc)
+
+
+class _DivergesOnMono:
+    """The separable agent, except on the mono stage: there it drives the crystal into a
+    corner of the search box and stays there."""
+
+    name = "diverges-on-mono"
+
+    def run(self, problem, rng):
+        from agents.registry import make_agent
+
+        if problem.stage.name != "mono":
+            return make_agent("separable").run(problem, rng)
+        problem.observe_start()
+        while problem.remaining > 1:
+            problem.evaluate(np.ones(problem.dim))
+        return np.ones(problem.dim)
+
+
+def test_divergence_stops_the_run_and_returns_every_axis_to_its_start(ioc, epics, desc,
+                                                                       tmp_path, monkeypatch):
+    """RELIABILITY.md: divergence stops the run, and every moved axis goes back to where the
+    *run* started (the aligned m1 stage included), through the safety layer and the plan."""
+    import controllers.oneclick as oneclick
+    from agents.safety import SafetyConfig
+
+    monkeypatch.setattr(oneclick, "make_agent", lambda name: _DivergesOnMono())
+    bl = EpicsBeamline(PvMap(desc, ioc.prefix), config=EpicsConfig(connect_timeout_s=3.0))
+    start = bl.positions()
+    bl.close()
+    doc = oneclick.align_over_epics(
+        desc, ioc.prefix, stage_names=["m1", "mono", "slits"], budget=30, out_dir=tmp_path,
+        progress_bar=False, safety=SafetyConfig(divergence_ratio=0.9, divergence_count=2))
+    assert doc["stopped"] and "diverged" in doc["stopped"] and doc["success"] is False
+    assert [s["stage"] for s in doc["stages"]] == ["m1", "mono"]  # slits never ran
+    assert doc["stages"][1]["error"].startswith("DivergenceError")
+    assert set(doc["returned_to_start"]) >= {"m1.pitch", "dcm.pitch2"}
+    bl = EpicsBeamline(PvMap(desc, ioc.prefix), config=EpicsConfig(connect_timeout_s=3.0))
+    try:
+        end = bl.positions()
+        for m in doc["returned_to_start"]:
+            assert end[m] == pytest.approx(start[m], abs=2 * desc.motor(m).resolution + 1e-9), m
+    finally:
+        bl.close()
+    # every acquisition is a point, the one judging the diverged stage included
+    assert validate(doc["nexus_file"])["points"] == doc["events"] == doc["evaluations"] + 1
+    assert all_still(epics, ioc.prefix, desc)
