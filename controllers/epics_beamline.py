@@ -182,7 +182,9 @@ class EpicsBeamline:
         out = {}
         for m in self.desc.motors:
             spec = self.desc.motor(m)
-            lo, hi = (_NAN, _NAN) if self.limit_problem(m) else self._limits(m)
+            lo, hi, problem = self._limit_state(m)
+            if problem:
+                lo, hi = _NAN, _NAN
             out[m] = MotorInfo(m, spec.units, lo, hi,
                                float(self.ca.get(self.map.motor_field(m, "MRES"))),
                                float(self.ca.get(self.map.motor_field(m, "VELO"))),
@@ -225,12 +227,11 @@ class EpicsBeamline:
                     not math.isfinite(value):
                 raise NonFiniteError(f"{name}: target {value!r} is not a finite number")
         for name, value in targets.items():
-            lo, hi = self._limits(name)
+            lo, hi, problem = self._limit_state(name)
             if (lo, hi) != self._limits0[name]:
                 raise LimitsChangedError(
                     f"{name}: soft limits changed during the run from {self._limits0[name]} "
                     f"to {(lo, hi)}; the run stops before the next move")
-            problem = self.limit_problem(name)
             if problem:
                 raise EnvelopeError(f"{name}: {problem}; the axis cannot be moved by beamtwin")
             if not lo <= float(value) <= hi:
@@ -328,16 +329,21 @@ class EpicsBeamline:
         ``DLLM == DHLM == 0`` means "no limits" in the motor record; a dial low
         limit at or above the high one leaves no range.
         """
+        return self._limit_state(name)[2]
+
+    def _limit_state(self, name: str) -> tuple[float, float, str | None]:
+        """User limits (LLM, HLM) and why they are unusable, or None (one read of each)."""
+        lo, hi = self._limits(name)
         dlo = self.ca.get_float(self.map.motor_field(name, "DLLM"), fresh=True)
         dhi = self.ca.get_float(self.map.motor_field(name, "DHLM"), fresh=True)
-        lo, hi = self._limits(name)
+        problem = None
         if not all(math.isfinite(v) for v in (dlo, dhi, lo, hi)):
-            return f"soft limits are not finite (dial {dlo}, {dhi}; user {lo}, {hi})"
-        if dlo == 0 and dhi == 0:
-            return "no soft limits (DLLM = DHLM = 0)"
-        if dlo >= dhi or lo >= hi:
-            return f"low limit {dlo} >= high limit {dhi} (dial), no range"
-        return None
+            problem = f"soft limits are not finite (dial {dlo}, {dhi}; user {lo}, {hi})"
+        elif dlo == 0 and dhi == 0:
+            problem = "no soft limits (DLLM = DHLM = 0)"
+        elif dlo >= dhi or lo >= hi:
+            problem = f"low limit {dlo} >= high limit {dhi} (dial), no range"
+        return lo, hi, problem
 
     def _limits(self, name: str) -> tuple[float, float]:
         # fresh from the IOC: a monitor update may still be on its way

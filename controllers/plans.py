@@ -86,22 +86,6 @@ class BeamlineMover:
     def stop(self, *, success: bool = False) -> None:  # noqa: D102
         self.beamline.stop()
 
-    def read(self) -> dict[str, dict[str, Any]]:  # noqa: D102
-        now = time.time()
-        return {f"{self.name}_{m.replace('.', '_')}": {"value": v, "timestamp": now}
-                for m, v in self.beamline.positions().items()}
-
-    def describe(self) -> dict[str, dict[str, Any]]:  # noqa: D102
-        return {f"{self.name}_{m.replace('.', '_')}": {"source": "EPICS", "dtype": "number",
-                                                         "shape": []}
-                for m in self.beamline.desc.motors}
-
-    def read_configuration(self) -> dict[str, Any]:  # noqa: D102
-        return {}
-
-    def describe_configuration(self) -> dict[str, Any]:  # noqa: D102
-        return {}
-
 
 class BeamlineReader:
     """A bluesky ``Triggerable``/``Readable``: one acquisition of the whole beamline.
