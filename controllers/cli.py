@@ -18,6 +18,8 @@ Commands
 ``beamtwin align``          one-click progressive alignment of a simulated beamline
 ``beamtwin bench align``    alignment agents on equal terms
 ``beamtwin train``          train an RL alignment policy on the fast twin
+``beamtwin scan``           scans (BLISS names) with online analysis and NeXus data
+``beamtwin bench scan``     adaptive and coarse-to-fine maps against uniform grids
 """
 
 from __future__ import annotations
@@ -599,6 +601,163 @@ def demo(preset: str | None, seed: int, misalign: float, backend: str, rays: int
         _emit(as_json, doc, text)
         if doc["alignment"].get("exit_status") == "abort":
             sys.exit(130)
+
+    _run(as_json, body)
+
+
+# --------------------------------------------------------------------------- scans
+@cli.command("scan", context_settings={"ignore_unknown_options": True})
+@click.argument("plan")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@preset_option
+@click.option("--detector", default="detector", show_default=True,
+              help="Diagnostic whose signal the scan analyses (m1_screen, dcm_bpm, i0, sample, "
+                   "detector, ...), or xrf: the mounted specimen's fluorescence.")
+@click.option("--signal", default="flux", show_default=True,
+              help="Field of the detector: flux, x_um, y_um, fwhm_x_um or fwhm_y_um.")
+@click.option("--goto", type=click.Choice(["cen", "com", "max", "min"]), default=None,
+              help="After the scan, move to this result (through the safety layer).")
+@click.option("--fit", type=click.Choice(["none", "gaussian", "lorentzian", "erf"]),
+              default="none", show_default=True, help="Fit the scan (erf: a knife edge).")
+@click.option("--exposure", type=float, default=None, help="Exposure per point, s.")
+@click.option("--snake", is_flag=True, help="Meshes: reverse the inner axis every other row.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the simulated beamline, the specimen and the adaptive routines.")
+@click.option("--specimen", type=int, default=None, metavar="SEED",
+              help="Mount the test specimen SEED at the sample (the xrf detector) "
+                   "[default with --detector xrf: --seed].")
+@click.option("--misalign", type=float, default=0.0, show_default=True,
+              help="Scale of the simulated beamline's hidden errors (not with --epics).")
+@click.option("--backend", type=click.Choice(["fast", "xrt"]), default="fast",
+              show_default=True, help="Twin that simulates the beamline (not with --epics).")
+@click.option("--rays", type=int, default=5000, show_default=True,
+              help="Rays per trace (not with --epics).")
+@click.option("--epics", is_flag=True, help="Scan the beamline served over EPICS under "
+              "--prefix instead of a simulated one.")
+@click.option("--prefix", default="BT:", show_default=True, help="PV prefix (with --epics).")
+@click.option("--mapping", type=click.Path(dir_okay=False), default=None,
+              help="PV mapping file for other PV names (with --epics).")
+@click.option("--out", type=click.Path(file_okay=False), default="beamtwin-scans",
+              show_default=True, help="Folder for the NeXus file and the plot.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress bar on stderr.")
+@json_option
+def scan_cmd(plan: str, args: tuple[str, ...], preset: str | None, detector: str, signal: str,
+             goto: str | None, fit: str, exposure: float | None, snake: bool, seed: int,
+             specimen: int | None, misalign: float, backend: str, rays: int, epics: bool,
+             prefix: str, mapping: str | None, out: str, progress: bool,
+             as_json: bool) -> None:
+    """Run a scan: PLAN ARGS... (BLISS names and argument order; INTERVALS gives INTERVALS + 1
+    points). Plans: count [N]; timescan N [INTERVAL_S]; ascan|dscan M S E INTERVALS;
+    a2scan|d2scan M1 S1 E1 M2 S2 E2 INTERVALS; anscan|dnscan M1 S1 E1 ... INTERVALS;
+    amesh|dmesh M1 S1 E1 I1 M2 S2 E2 I2 (M1 outer); escan START_EV STOP_EV INTERVALS;
+    gpscan M1 S1 E1 M2 S2 E2 NPOINTS (adaptive GP); c2fmap M1 S1 E1 M2 S2 E2 COARSE FINE."""
+
+    def body() -> None:
+        from controllers.scan_request import ScanRequest, parse_args
+        from controllers.scan_run import movable_motors, run_scan
+        from twin.specimen import Specimen
+
+        d = parse_args(plan, args)
+        d.update({"detector": detector, "signal": "xrf" if detector == "xrf" else signal,
+                  "fit": fit, "snake": snake, "seed": seed})
+        if goto is not None:
+            d["goto"] = goto
+        if exposure is not None:
+            d["exposure_s"] = exposure
+        request = ScanRequest.from_dict(d)
+        desc = load_preset(preset)
+        sample = specimen if specimen is not None else (seed if detector == "xrf" else None)
+        mounted = Specimen.default(sample) if sample is not None else None
+        say = (lambda m: click.echo(f"scan: {m}", err=True))  # noqa: E731
+        if epics:
+            from controllers.epics_beamline import EpicsBeamline
+            from controllers.pvnames import PvMap
+
+            bl = EpicsBeamline(PvMap.load(desc, prefix, mapping),
+                               movable=movable_motors(request, desc))
+            try:
+                doc = run_scan(request, bl, desc, out_dir=out, specimen=mounted, progress=say,
+                               progress_bar=progress, md={"prefix": prefix})
+            finally:
+                bl.close()
+            doc["prefix"] = prefix
+        else:
+            from twin.simulator import TwinBeamline
+
+            if not (math.isfinite(misalign) and misalign >= 0):
+                raise ConfigError(f"--misalign must be a finite number >= 0, got {misalign}")
+            if rays < 100:
+                raise ConfigError(f"--rays must be >= 100, got {rays}")
+            movable_motors(request, desc)  # unknown motors are refused before the twin loads
+            bl = TwinBeamline(desc, hidden=HiddenErrors.draw(desc, misalign, seed), seed=seed,
+                              backend=backend, rays=rays)
+            doc = run_scan(request, bl, desc, out_dir=out, specimen=mounted, progress=say,
+                           progress_bar=progress, wait=bl.wait,
+                           md={"backend": backend, "rays": rays, "misalign": misalign})
+        doc["specimen"] = sample
+        _emit(as_json, doc, lambda: _scan_text(doc))
+        if doc["exit_status"] == "abort":
+            sys.exit(130)
+        if doc["exit_status"] != "success":
+            sys.exit(1)
+
+    _run(as_json, body)
+
+
+def _scan_text(doc: dict[str, Any]) -> str:
+    def f(v: Any) -> str:
+        if isinstance(v, list):
+            return "(" + ", ".join(f(x) for x in v) + ")"
+        return "-" if v is None else f"{v:.6g}"
+
+    p = doc["peak"]
+    lines = [f"{doc['plan']} of {', '.join(doc['motors']) or 'time'}: {doc['points']} points, "
+             f"signal {doc['signal']}, {doc['exit_status']}"]
+    lines.append("  " + "  ".join(f"{k} {f(p.get(k))}" for k in ("com", "cen", "max", "min",
+                                                                   "fwhm")))
+    fit = doc.get("fit") or {}
+    if fit.get("ok"):
+        q = fit["params"]
+        lines.append(f"  {fit['model']} fit: centre {q['center']:.6g}, FWHM {q['fwhm']:.6g}, "
+                     f"R^2 {fit['r2']:.4f}")
+    if doc.get("moved_to"):
+        lines.append("  moved to " + ", ".join(f"{m} = {v:.6g}"
+                                               for m, v in doc["moved_to"].items()))
+    lines.append(f"  data: {doc['nexus_file']}")
+    if doc.get("plot"):
+        lines.append(f"  plot: {doc['plot']}")
+    if doc.get("error"):
+        lines.append(f"  error: {doc['error']}")
+    return "\n".join(lines)
+
+
+@bench.command("scan")
+@click.option("--seed", type=int, default=0, show_default=True, help="First specimen.")
+@click.option("--trials", type=int, default=3, show_default=True, help="Specimens.")
+@click.option("--grid", type=int, default=41, show_default=True,
+              help="Points per side of the reference grid.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the benchmark's figure (PNG).")
+@json_option
+def bench_scan_cmd(seed: int, trials: int, grid: int, plot_path: str | None,
+                   as_json: bool) -> None:
+    """Adaptive GP scan and coarse-to-fine map against uniform grids (same specimen, noise)."""
+
+    def body() -> None:
+        from controllers.scan_bench import MapSettings, bench_scan
+
+        doc = bench_scan(seed=seed, trials=trials, settings=MapSettings(grid=grid),
+                         plot=plot_path, progress=lambda m: click.echo(f"bench: {m}", err=True))
+        c = doc["coarse_to_fine"]
+        _emit(as_json, doc, lambda: (
+            f"adaptive GP: the error of a {doc['grid_points']}-point grid "
+            f"({doc['error_target']:.4f}) with {doc['adaptive_points']} points: "
+            f"{doc['ratio'] or 0:.2f}x fewer (min over {trials} specimens "
+            f"{doc['ratio_min']:.2f}x)\n"
+            f"coarse-to-fine: {c['points_saved_pct_median']:.0f} % fewer points, "
+            f"{c['time_saved_pct_median']:.0f} % less beamline time, feature coverage >= "
+            f"{100 * c['feature_coverage_min']:.1f} %"))
 
     _run(as_json, body)
 

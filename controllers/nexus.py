@@ -294,6 +294,36 @@ class NexusWriter:
 
         self._guard(write)
 
+    def add_map(self, name: str, image: np.ndarray, *,
+                axes: tuple[str, np.ndarray, str, np.ndarray], signal: str = "signal",
+                title: str = "", default: bool = False) -> None:
+        """Store a 2-D map as ``/entry/<name>`` (NXdata): ``image[i, j]`` at
+        (``axes[1][i]``, ``axes[3][j]``), with both axes; *default* makes it the plot a
+        NeXus reader shows first."""
+        img = np.asarray(image, dtype=np.float64)
+        n0, a0, n1, a1 = axes
+        if img.ndim != 2 or img.shape != (len(a0), len(a1)):
+            raise ConfigError(f"map {name!r}: image of shape {img.shape} does not match axes "
+                              f"of lengths {len(a0)} x {len(a1)}")
+
+        def write() -> None:
+            e = self._f["entry"]
+            g = _nx(e.create_group(name), "NXdata")
+            g.attrs["signal"] = signal
+            g.attrs["axes"] = [n0, n1]
+            g.attrs[f"{n0}_indices"] = 0
+            g.attrs[f"{n1}_indices"] = 1
+            g[signal] = img
+            g[n0] = np.asarray(a0, dtype=np.float64)
+            g[n1] = np.asarray(a1, dtype=np.float64)
+            if title:
+                g["title"] = title
+            if default:
+                e.attrs["default"] = name
+            self._f.flush()
+
+        self._guard(write)
+
     def close(self, status: str = "success") -> Path:
         """Finish: status and end time, flush, fsync, rename to the final name; returns it."""
         if self.closed:
@@ -376,9 +406,11 @@ def validate(path: str | Path) -> dict[str, Any]:
                 raise DataWriteError(f"{path}: /{entry_name} is not an NXentry")
             if e["instrument"].attrs.get("NX_class") != "NXinstrument":
                 raise DataWriteError(f"{path}: no NXinstrument")
-            d = e[e.attrs.get("default", "data")]
-            if d.attrs.get("NX_class") != "NXdata":
+            default = e[e.attrs.get("default", "data")]
+            if default.attrs.get("NX_class") != "NXdata":
                 raise DataWriteError(f"{path}: the default group is not an NXdata")
+            _check_axes(path, default)
+            d = e["data"]  # the points, one row each
             signal = d.attrs.get("signal")
             n = d[signal].shape[0] if signal in d else -1
             if n < 0:
@@ -400,6 +432,24 @@ def validate(path: str | Path) -> dict[str, Any]:
                                      and g.attrs.get("NX_class") == "NXpositioner")}
     except (OSError, KeyError) as exc:
         raise DataWriteError(f"{path}: not a valid NeXus file: {exc}") from exc
+
+
+def _check_axes(path: Path, group: h5py.Group) -> None:
+    """The signal of an N-D NXdata has an axis of matching length per dimension."""
+    signal = group.attrs.get("signal")
+    if signal not in group:
+        raise DataWriteError(f"{path}: NXdata {group.name} has no signal dataset {signal!r}")
+    shape = group[signal].shape
+    if len(shape) < 2:
+        return
+    axes = [a.decode() if isinstance(a, bytes) else str(a) for a in group.attrs.get("axes", [])]
+    if len(axes) != len(shape):
+        raise DataWriteError(f"{path}: NXdata {group.name} has {len(shape)}-D signal but axes "
+                             f"{axes}")
+    for i, a in enumerate(axes):
+        if a not in group or group[a].shape != (shape[i],):
+            raise DataWriteError(f"{path}: axis {a!r} of {group.name} does not match the "
+                                 f"signal's dimension {i} ({shape[i]})")
 
 
 def recover(partial: str | Path) -> Path:

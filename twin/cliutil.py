@@ -49,7 +49,11 @@ def run_command(as_json: bool, fn: Callable[[], None]) -> None:
         fn()
     except BeamtwinError as exc:
         if as_json:
-            click.echo(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+            doc = {"error": str(exc), "type": type(exc).__name__}
+            for key in ("field", "reason"):  # a refused request names its field
+                if isinstance(getattr(exc, key, None), str):
+                    doc[key] = getattr(exc, key)
+            click.echo(json.dumps(doc))
         else:
             click.echo(f"error: {exc}", err=True)
         sys.exit(2)
