@@ -40,6 +40,7 @@ from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 from bluesky.utils import Msg
 
+from controllers.scan_devices import move_together
 from twin.errors import ConfigError
 
 __all__ = ["GPMapper", "CoarseToFine", "reconstruct", "adaptive_plan", "Box"]
@@ -381,8 +382,8 @@ def adaptive_plan(detectors: Sequence[Any], m1: Any, m2: Any, engine: Any, signa
                   on_batch: Callable[[int], None] | None = None) -> Generator[Msg, Any, Any]:
     """Run an ask/tell *engine* (:class:`GPMapper`, :class:`CoarseToFine`) as one bluesky run.
 
-    Every point is a checkpoint, a move of both motors (one ``set`` each, waited
-    together) and a ``trigger_and_read`` of the detectors and motors; the
+    Every point is a checkpoint, a move of both motors (one move of the beamline for
+    beamtwin's axes) and a ``trigger_and_read`` of the detectors and motors; the
     engine is told the *signal* field of each reading. Batches are ordered along
     a serpentine in axis 0 so that the motors do not zig-zag across the box.
     """
@@ -404,7 +405,7 @@ def adaptive_plan(detectors: Sequence[Any], m1: Any, m2: Any, engine: Any, signa
             values = []
             for p in batch:
                 yield Msg("checkpoint")
-                yield from bps.mv(m1, float(p[0]), m2, float(p[1]))
+                yield from move_together({m1: float(p[0]), m2: float(p[1])})
                 reading = yield from bps.trigger_and_read(list(detectors) + [m1, m2])
                 values.append(float(reading[signal]["value"]) if signal in reading
                               else math.nan)

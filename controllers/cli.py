@@ -735,7 +735,7 @@ def _scan_text(doc: dict[str, Any]) -> str:
 @bench.command("scan")
 @click.option("--seed", type=int, default=0, show_default=True, help="First specimen.")
 @click.option("--trials", type=int, default=3, show_default=True, help="Specimens.")
-@click.option("--grid", type=int, default=41, show_default=True,
+@click.option("--grid", type=int, default=61, show_default=True,
               help="Points per side of the reference grid.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the benchmark's figure (PNG).")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bluesky.callbacks.fitting import PeakStats  # imported here: no import in the latency
 from scipy.optimize import curve_fit
 from scipy.special import erf
 
@@ -49,8 +50,6 @@ def peak_stats(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     ``max``/``min`` are ``[x, y]`` pairs as in bluesky; a result that cannot be
     computed (flat data, a single point, no half-maximum crossing) is ``None``.
     """
-    from bluesky.callbacks.fitting import PeakStats
-
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     good = np.isfinite(x) & np.isfinite(y)

@@ -40,6 +40,7 @@ from twin.protocol import MovableBeamline
 from twin.specimen import Specimen
 
 __all__ = ["ScanBeamline", "Axis", "EnergyAxis", "BeamDetector", "GroupMover", "grouped_step",
+           "move_together",
            "STAT_FIELDS", "field_name"]
 
 #: per diagnostic, the fields a BeamDetector reads: (suffix, BeamStats attribute, units)
@@ -393,6 +394,27 @@ class BeamDetector:
         return {}
 
 
+def move_together(targets: Mapping[Any, float]) -> Generator[Msg, Any, None]:
+    """A plan stub: move *targets* (``{device: position}``) and wait. Axes of one
+    :class:`ScanBeamline` travel in one move of the beamline; other devices (ophyd motors)
+    are set together as ``bps.mv`` does."""
+    motors = list(targets)
+    beamlines = {id(m.beamline) for m in motors if type(m) is Axis}
+    if len(beamlines) != 1 or any(type(m) is not Axis for m in motors):
+        args: list[Any] = []
+        for m, v in targets.items():
+            args += [m, v]
+        yield from bps.mv(*args)
+        return
+    bl = motors[0].beamline
+    mover = getattr(bl, "_group_mover", None)
+    if mover is None:
+        mover = bl._group_mover = GroupMover(bl)
+    yield Msg("set", mover, {m.motor: float(v) for m, v in targets.items()},
+              group="beamtwin-step")
+    yield Msg("wait", None, group="beamtwin-step")
+
+
 def grouped_step(detectors: Sequence[Any], step: Mapping[Any, float],
                  pos_cache: dict[Any, float], take_reading: Any = None
                  ) -> Generator[Msg, Any, None]:
@@ -407,15 +429,10 @@ def grouped_step(detectors: Sequence[Any], step: Mapping[Any, float],
     if len(beamlines) != 1 or any(type(m) is not Axis for m in motors):
         return (yield from bps.one_nd_step(detectors, step, pos_cache,
                                            take_reading=take_reading))
-    bl = motors[0].beamline
-    mover = getattr(bl, "_group_mover", None)
-    if mover is None:
-        mover = bl._group_mover = GroupMover(bl)
-    targets = {m.motor: float(v) for m, v in step.items() if pos_cache.get(m) != v}
     yield Msg("checkpoint")
-    if targets:
-        yield Msg("set", mover, targets, group="beamtwin-step")
-        yield Msg("wait", None, group="beamtwin-step")
+    changed = {m: v for m, v in step.items() if pos_cache.get(m) != v}
+    if changed:
+        yield from move_together(changed)
     for m, v in step.items():
         pos_cache[m] = v
     reading = take_reading or bps.trigger_and_read
