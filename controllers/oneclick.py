@@ -39,7 +39,7 @@ from agents.registry import DEFAULT_AGENT, make_agent
 from agents.safety import SafeBeamline, SafetyConfig
 from agents.stages import Stage, ordered_stages
 from controllers.epics_beamline import EpicsBeamline, EpicsConfig
-from controllers.nexus import DataWriteError, NexusWriter
+from controllers.nexus import NexusWriter
 from controllers.plans import (
     BeamlineMover,
     BeamlineReader,
@@ -202,7 +202,7 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
                                                        "safety": asdict(settings.safety),
                                                        "backend": settings.backend,
                                                        "rays": settings.rays})})
-    try:
+    with writer:  # on an exception the file is closed as "fail" ("abort" for Ctrl-C)
         say("measuring the beam before alignment")
         before_obs, before_images = _snapshot(bl, writer, "before")
         bridge = PlanBridge()
@@ -320,13 +320,6 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
                                                 if k not in ("dry_run", "stages")}))
         status = {"success": "success", "abort": "abort"}.get(exit_status, "fail")
         nexus = writer.close(status)
-    except BaseException:
-        if not writer.closed:
-            try:
-                writer.close("fail")
-            except DataWriteError:
-                writer.abandon()
-        raise
     doc["nexus_file"] = str(nexus.resolve())
     report = write_report(out, doc, events=events, before_images=before_images,
                           after_images=after_images, moves=bl.move_log)

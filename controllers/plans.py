@@ -39,8 +39,8 @@ from twin.errors import BeamtwinError
 from twin.observation import Observation
 from twin.protocol import MotorInfo
 
-__all__ = ["RunAborted", "PlanBridge", "BridgedBeamline", "BeamlineMover", "BeamlineReader",
-           "agent_plan", "NexusCallback"]
+__all__ = ["RunAborted", "in_thread", "PlanBridge", "BridgedBeamline", "BeamlineMover",
+           "BeamlineReader", "agent_plan", "NexusCallback"]
 
 
 class RunAborted(BeamtwinError, RuntimeError):
@@ -51,7 +51,7 @@ def _stats_keys(prefix: str) -> tuple[str, ...]:
     return tuple(f"{prefix}_{k}" for k in ("flux", "x_um", "y_um", "fwhm_x_um", "fwhm_y_um"))
 
 
-def _in_thread(obj: Any, fn: Callable[[], object], errors: list[BaseException],
+def in_thread(obj: Any, fn: Callable[[], object], errors: list[BaseException],
                what: str) -> Status:
     """Run *fn* in a thread; a Status that finishes with it (an error is kept in *errors*)."""
     status = Status(obj=obj)
@@ -81,7 +81,7 @@ class BeamlineMover:
         self.errors: list[BaseException] = []
 
     def set(self, targets: Mapping[str, float]) -> Status:  # noqa: D102
-        return _in_thread(self, lambda: self.beamline.move(targets), self.errors, "move")
+        return in_thread(self, lambda: self.beamline.move(targets), self.errors, "move")
 
     def stop(self, *, success: bool = False) -> None:  # noqa: D102
         self.beamline.stop()
@@ -108,7 +108,7 @@ class BeamlineReader:
         def acquire() -> None:
             self.last = self.beamline.acquire()
 
-        return _in_thread(self, acquire, self.errors, "acquire")
+        return in_thread(self, acquire, self.errors, "acquire")
 
     def _values(self) -> dict[str, float]:
         obs = self.last

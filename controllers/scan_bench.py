@@ -274,6 +274,11 @@ def _plot(path: str, a: dict[str, Any], c: dict[str, Any], settings: MapSettings
                  [p["error"] for p in a["curve_adaptive"]], ".-", label="adaptive GP")
     ax[1].axhline(a["error_target"], color="0.5", ls="--", lw=1,
                   label=f"target: {a['grid_points']}-point grid")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax[1].xaxis.set_major_formatter(ScalarFormatter())
+    ax[1].xaxis.set_minor_formatter(NullFormatter())
+    ax[1].set_xticks([100, 200, 500, 1000, 2000, 4000])
     ax[1].set_xlabel("points")
     ax[1].set_ylabel("reconstruction error (NRMSE)")
     ax[1].legend(fontsize=8)

@@ -33,6 +33,7 @@ from bluesky.utils import Msg
 from ophyd.status import Status
 
 from agents.safety import EnvelopeError, SafeBeamline, SafetyConfig
+from controllers.plans import in_thread
 from twin.description import BeamlineDescription, CrystalMonochromator, Undulator
 from twin.errors import ConfigError, NonFiniteError, UnknownNameError
 from twin.observation import Observation
@@ -147,19 +148,7 @@ class ScanBeamline:
 
 
 def _threaded(obj: Any, fn: Callable[[], None]) -> Status:
-    status = Status(obj=obj)
-
-    def work() -> None:
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the RunEngine
-            obj.errors.append(exc)
-            status.set_exception(exc)
-        else:
-            status.set_finished()
-
-    threading.Thread(target=work, name=f"beamtwin-{obj.name}", daemon=True).start()
-    return status
+    return in_thread(obj, fn, obj.errors, obj.name)
 
 
 class Axis:

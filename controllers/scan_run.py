@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from controllers.adaptive import Box, CoarseToFine, GPMapper, adaptive_plan, reconstruct
-from controllers.nexus import DataWriteError, NexusWriter
+from controllers.nexus import NexusWriter
 from controllers.scan_analysis import ScanAnalysis, has_display, plot_scan
 from controllers.scan_devices import Axis, BeamDetector, EnergyAxis, ScanBeamline
 from controllers.scan_request import MAP_PLANS, ScanRequest, ScanRequestError
@@ -205,7 +205,7 @@ def run_scan(request: ScanRequest, beamline: MovableBeamline, desc: BeamlineDesc
                                    "seed": request.seed, "signal": signal,
                                    "specimen": jsonable(asdict(specimen)) if specimen else "",
                                    **{k: jsonable(v) for k, v in (md or {}).items()}})
-    try:
+    with writer:  # on an exception the file is closed as "fail" ("abort" for Ctrl-C)
         analysis = ScanAnalysis(signal, axis_fields, fit=request.fit, map2d=is_map)
         nexus_cb = _NexusEvents(writer, {a.name: a.motor for a in axes})
         bar = _progress_bar(expected, request.plan, progress_bar)
@@ -265,13 +265,6 @@ def run_scan(request: ScanRequest, beamline: MovableBeamline, desc: BeamlineDesc
         writer.set_metadata("error", error or "")
         status = {"success": "success", "abort": "abort"}.get(exit_status, "fail")
         nexus = writer.close(status)
-    except BaseException:
-        if not writer.closed:
-            try:
-                writer.close("fail")
-            except DataWriteError:
-                writer.abandon()
-        raise
     doc: dict[str, Any] = {
         "plan": request.plan, "motors": list(request.motors) if energy is None else ["energy"],
         "points": result["points"], "peak": result["peak"], "fit": result["fit"] or {},
