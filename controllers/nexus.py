@@ -193,6 +193,10 @@ class NexusWriter:
             d = _nx(e.create_group("data"), "NXdata")
             d.attrs["signal"] = signal
             d.attrs["axes"] = axis
+            # the signal and its axis exist from the start: a run that ends before its first
+            # point still leaves a file that validates
+            for c in dict.fromkeys((signal, axis)):
+                d.create_dataset(c, shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,))
             prog = _nx(e.create_group("program"), "NXprocess")
             prog["program"] = "beamtwin"
             prog["version"] = json.dumps(code_version())
@@ -245,7 +249,9 @@ class NexusWriter:
                     raise ConfigError(f"the first point has no signal column {self.signal!r}; "
                                       f"columns: {', '.join(self._columns)}")
                 for c in self._columns:
-                    d.create_dataset(c, shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,))
+                    if c not in d:
+                        d.create_dataset(c, shape=(0,), maxshape=(None,), dtype="f8",
+                                         chunks=(256,))
                 self._motors = list(positions)
                 for m in self._motors:
                     g = _nx(inst.create_group(m), "NXpositioner")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
@@ -209,7 +210,10 @@ def run_scan(request: ScanRequest, beamline: MovableBeamline, desc: BeamlineDesc
         analysis = ScanAnalysis(signal, axis_fields, fit=request.fit, map2d=is_map)
         nexus_cb = _NexusEvents(writer, {a.name: a.motor for a in axes})
         bar = _progress_bar(expected, request.plan, progress_bar)
-        RE = RunEngine({}, call_returns_result=True)
+        # Ctrl-C handling needs the main thread; a scan run from another thread (a GUI, a
+        # queue) is stopped through the RunEngine instead
+        main = threading.current_thread() is threading.main_thread()
+        RE = RunEngine({}, call_returns_result=True, context_managers=None if main else [])
         RE.subscribe(nexus_cb)
         RE.subscribe(analysis)
         if bar is not None:

@@ -194,7 +194,7 @@ def test_gp_scan_and_coarse_to_fine_run_as_plans(desc, tmp_path):
     pts = np.c_[doc["data"]["sample_x"], doc["data"]["sample_y"]]
     assert np.all(np.abs(pts) <= 40 + 0.02)
     assert validate(doc["nexus_file"])["points"] == 40
-    doc = scan(desc, bl, tmp_path, "c2fmap", "sample.x", -40, 40, "sample.y", -40, 40, 10, 2,
+    doc = scan(desc, bl, tmp_path, "c2fmap", "sample.x", -40, 40, "sample.y", -40, 40, 10, 4,
                detector="xrf", specimen=spec)
     a = doc["adaptive"]
     assert a["coarse_points"] == 81 and 0 < a["fine_points"] < a["full_fine_points"]
@@ -328,3 +328,24 @@ def test_scan_command_json_and_refusal(tmp_path):
     assert err["field"] == "stop[0]" and "1000000000" in err["error"]
     r = CliRunner().invoke(cli, ["scan", "ascan", "kb_v.pitch", "0", "1", "--json"])
     assert r.exit_code == 2 and json.loads(r.stdout)["field"] == "args"
+
+
+def test_a_failure_mid_scan_ends_it_cleanly_with_its_data(desc, tmp_path):
+    """R7/R9: an exception inside the plan (the beamline fails on the 4th acquisition):
+    the scan ends as failed, names the cause, and its NeXus file is at its final name with
+    the points taken before."""
+
+    class Flaky(TwinBeamline):
+        def acquire(self, exposure_s=None):
+            if self.counts["acquisitions"] >= 3:
+                raise RuntimeError("detector died")
+            return super().acquire(exposure_s)
+
+    bl = Flaky(desc, backend="fast", rays=500, seed=1)
+    doc = scan(desc, bl, tmp_path, "ascan", "sample.x", 0, 5, 5, detector="sample",
+               goto="cen")
+    assert doc["exit_status"] == "fail" and "detector died" in doc["error"]
+    assert doc["moved_to"] is None  # no goto after a failed scan
+    summary = validate(doc["nexus_file"])
+    assert summary["status"] == "fail" and summary["points"] == 3
+    assert not list(tmp_path.glob("*.partial"))

@@ -14,6 +14,7 @@ from controllers.pvnames import PvMap
 from controllers.scan_request import ScanRequest, ScanRequestError, parse_args
 from controllers.scan_run import movable_motors, run_scan
 from ioc_sim.process import IocProcess, random_prefix
+from tests.helpers import wait_for
 from twin.specimen import Specimen
 
 pytestmark = pytest.mark.ioc
@@ -141,3 +142,75 @@ def test_scan_command_over_epics(ioc, tmp_path):
     doc = json.loads(r.stdout)
     assert doc["plan"] == "count" and doc["points"] == 2 and doc["prefix"] == ioc.prefix
     assert validate(doc["nexus_file"])["points"] == 2
+
+
+def test_autonomous_maps_over_epics(ioc, desc, tmp_path):
+    spec = Specimen.default(1)
+    doc, _ = epics_scan(desc, ioc, tmp_path, "gpscan", "sample.x", -10, 10, "sample.y", -10, 10,
+                        12, detector="xrf", specimen=spec)
+    assert doc["exit_status"] == "success" and doc["points"] == 12, doc["error"]
+    assert doc["adaptive"]["kind"] == "gp" and validate(doc["nexus_file"])["points"] == 12
+    doc, _ = epics_scan(desc, ioc, tmp_path, "c2fmap", "sample.x", -10, 10, "sample.y", -10, 10,
+                        10, 5, detector="xrf", specimen=spec)
+    assert doc["exit_status"] == "success", doc["error"]
+    assert doc["adaptive"]["coarse_points"] == 9
+    assert doc["points"] == 9 + doc["adaptive"]["fine_points"]
+
+
+def test_ioc_killed_mid_scan_aborts_with_a_reason_and_valid_data(ca_ports, epics, desc,
+                                                                 tmp_path):
+    """R3: the IOC is killed (SIGKILL) during a scan. The scan ends as failed within a bounded
+    time and names the cause, its NeXus file is at its final name and valid with the points
+    taken before; an IOC restarted under the same prefix received no put from the dead run."""
+    import threading
+    import time
+
+    prefix = random_prefix()
+    ioc = IocProcess(prefix, ca_ports[2], IOC_ARGS).start()
+    try:
+        d = parse_args("ascan", ["sample.x", "0", "30", "300"])
+        d["detector"] = "sample"
+        req = ScanRequest.from_dict(d)
+        bl = EpicsBeamline(PvMap(desc, prefix), movable=movable_motors(req, desc), config=FAST)
+        out: dict = {}
+
+        def work() -> None:
+            try:
+                out["doc"] = run_scan(req, bl, desc, out_dir=tmp_path, progress_bar=False,
+                                      live_plot=False)
+            except BaseException as exc:  # noqa: BLE001 - inspected below
+                out["error"] = exc
+
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        time.sleep(8.0)  # a few points in
+        ioc.kill()
+        killed = time.monotonic()
+        t.join(timeout=90)
+        assert not t.is_alive(), "the scan hung after the IOC died"
+        took = time.monotonic() - killed
+        bl.close()
+    finally:
+        ioc.kill()
+    assert "error" not in out, repr(out.get("error"))
+    doc = out["doc"]
+    assert doc["exit_status"] == "fail" and doc["error"], doc
+    assert took < 60
+    summary = validate(doc["nexus_file"])
+    assert summary["status"] == "fail" and 1 <= summary["points"] < 301, (summary, doc["error"],
+                                                                           doc["wall_s"])
+    assert not list(tmp_path.glob("*.partial"))
+    # the same prefix again: nothing from the dead run arrives (no queued put)
+    again = IocProcess(prefix, ca_ports[2], IOC_ARGS).start()
+    try:
+        time.sleep(1.0)
+        x0 = desc.motor("sample.x").position
+        # the client's channels from the dead IOC reconnect to the new one: give them time
+        got: list = []
+        assert wait_for(lambda: got.append(epics.caget(f"{prefix}sample:x.VAL", timeout=2,
+                                                       use_monitor=False))
+                        or got[-1] is not None, timeout=20, period=0.2)
+        assert got[-1] == pytest.approx(x0, abs=1e-6)
+        assert refused_at_ioc(epics, again) == 0
+    finally:
+        again.kill()
