@@ -193,9 +193,10 @@ class EpicsBeamline:
 
     def positions(self) -> dict[str, float]:
         """Readback of every motor, motor units (fresh from the IOC)."""
-        return self._readbacks(self.desc.motors)
+        return self.readbacks(self.desc.motors)
 
-    def _readbacks(self, names: Iterable[str]) -> dict[str, float]:
+    def readbacks(self, names: Iterable[str]) -> dict[str, float]:
+        """Readbacks of *names* only, motor units (one CA get each, fresh from the IOC)."""
         return {m: self.ca.get_float(self.map.motor_field(m, "RBV"), fresh=True) for m in names}
 
     @property
@@ -239,7 +240,7 @@ class EpicsBeamline:
                                     f"[{lo}, {hi}]")
         if not targets:
             return
-        here = self._readbacks(targets)
+        here = self.readbacks(targets)
         timeout = max(self._move_time(n, here[n], float(v)) for n, v in targets.items())
         t0 = time.monotonic()
         sent: list[str] = []
@@ -254,7 +255,7 @@ class EpicsBeamline:
             raise
         refused = [n for n in sent if int(self.ca.get(self.map.motor_field(n, "LVIO"),
                                                       fresh=True)) == 1]
-        after = self._readbacks(targets)
+        after = self.readbacks(targets)
         self.move_log.append({"t": round(self.time_s, 4), "targets": targets,
                               "readbacks": after,
                               "duration_s": round(time.monotonic() - t0, 4),

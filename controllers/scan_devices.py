@@ -130,6 +130,13 @@ class ScanBeamline:
         with self.lock:
             return self.inner.positions()
 
+    def position(self, motor: str) -> float:
+        """Readback of one motor, motor units (over EPICS one CA get, not one per motor)."""
+        one = getattr(self.inner, "readbacks", None)
+        with self.lock:
+            return float(one([motor])[motor]) if callable(one) else \
+                self.inner.positions()[motor]
+
     def stop(self) -> None:
         """Stop every axis moved (over EPICS: STOP to each; the twin has nothing in flight)."""
         stop = getattr(self.inner, "stop", None)
@@ -177,7 +184,7 @@ class Axis:
     @property
     def position(self) -> float:
         """Readback, motor units."""
-        return self.beamline.positions()[self.motor]
+        return self.beamline.position(self.motor)
 
     @property
     def limits(self) -> tuple[float, float]:

@@ -183,6 +183,16 @@ def test_xrf_map_finds_a_particle_and_writes_a_map(desc, tmp_path):
     assert doc["moved_to"]["sample.x"] == pytest.approx(doc["peak"]["max"][0])
     signal, axes, shape = nexus_axes(doc["nexus_file"])
     assert signal == "xrf" and axes == ["sample_x", "sample_y"] and shape == (13, 13)
+    # standard NeXus readers plot the map by default
+    import silx.io
+    from nexusformat.nexus import nxload
+    from silx.io.nxdata import get_default
+
+    plot = nxload(doc["nexus_file"]).plottable_data
+    assert plot.nxsignal.nxname == "xrf" and [a.nxname for a in plot.nxaxes] == axes
+    with silx.io.open(doc["nexus_file"]) as f:
+        d = get_default(f)
+        assert d.is_valid and d.signal_name == "xrf" and list(d.axes_names) == axes
 
 
 def test_gp_scan_and_coarse_to_fine_run_as_plans(desc, tmp_path):
