@@ -624,8 +624,9 @@ def demo(preset: str | None, seed: int, misalign: float, backend: str, rays: int
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the simulated beamline, the specimen and the adaptive routines.")
 @click.option("--specimen", type=int, default=None, metavar="SEED",
-              help="Mount the test specimen SEED at the sample (the xrf detector) "
-                   "[default with --detector xrf: --seed].")
+              help="Mount the test specimen SEED at the simulated sample (the xrf detector) "
+                   "[default with --detector xrf: --seed]; over EPICS the IOC's specimen "
+                   "(beamtwin ioc --specimen) is read from its PV.")
 @click.option("--misalign", type=float, default=0.0, show_default=True,
               help="Scale of the simulated beamline's hidden errors (not with --epics).")
 @click.option("--backend", type=click.Choice(["fast", "xrt"]), default="fast",
@@ -667,23 +668,31 @@ def scan_cmd(plan: str, args: tuple[str, ...], preset: str | None, detector: str
             d["exposure_s"] = exposure
         request = ScanRequest.from_dict(d)
         desc = load_preset(preset)
-        sample = specimen if specimen is not None else (seed if detector == "xrf" else None)
-        mounted = Specimen.default(sample) if sample is not None else None
         say = (lambda m: click.echo(f"scan: {m}", err=True))  # noqa: E731
         if epics:
             from controllers.epics_beamline import EpicsBeamline
             from controllers.pvnames import PvMap
 
+            if specimen is not None:
+                raise ConfigError("--specimen mounts a specimen on the simulated beamline; "
+                                  "over EPICS the specimen is the IOC's (beamtwin ioc "
+                                  "--specimen SEED) and xrf is read from its PV (or the "
+                                  "mapping file's [signals] xrf)")
+            signals = ["xrf"] if detector == "xrf" else []
             bl = EpicsBeamline(PvMap.load(desc, prefix, mapping),
-                               movable=movable_motors(request, desc))
+                               movable=movable_motors(request, desc), signals=signals)
             try:
-                doc = run_scan(request, bl, desc, out_dir=out, specimen=mounted, progress=say,
-                               progress_bar=progress, md={"prefix": prefix})
+                doc = run_scan(request, bl, desc, out_dir=out, progress=say,
+                               progress_bar=progress, md={"prefix": prefix}, signals=signals)
             finally:
                 bl.close()
             doc["prefix"] = prefix
+            sample = None
         else:
             from twin.simulator import TwinBeamline
+
+            sample = specimen if specimen is not None else (seed if detector == "xrf" else None)
+            mounted = Specimen.default(sample) if sample is not None else None
 
             if not (math.isfinite(misalign) and misalign >= 0):
                 raise ConfigError(f"--misalign must be a finite number >= 0, got {misalign}")

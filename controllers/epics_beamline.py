@@ -114,6 +114,9 @@ class EpicsBeamline:
         Motors this client may move (default: every motor of the description);
         the others are read only.
     config : EpicsConfig, optional
+    signals : sequence of str
+        Scalar signals (:data:`controllers.pvnames.SIGNALS`, e.g. ``xrf``) to read with
+        every observation, into ``observation.meta["signals"]``.
 
     Raises
     ------
@@ -122,8 +125,10 @@ class EpicsBeamline:
     """
 
     def __init__(self, pvmap: PvMap, *, movable: Sequence[str] | None = None,
-                 config: EpicsConfig | None = None) -> None:
+                 config: EpicsConfig | None = None, signals: Sequence[str] = ()) -> None:
         self.map = pvmap
+        #: scalar signals read with every observation (``meta["signals"]``), by name -> PV
+        self.signals = {n: pvmap.signal(n) for n in signals}
         self.desc = pvmap.desc
         self.config = config or EpicsConfig()
         names = list(self.desc.motors)
@@ -170,7 +175,7 @@ class EpicsBeamline:
         twin = self.map.device("twin")
         if twin is not None:
             pvs += [f"{twin}{f}" for f in ("PhotonEnergy_RBV", "Backend_RBV", "Rays_RBV")]
-        return pvs
+        return pvs + list(self.signals.values())
 
     # ------------------------------------------------------------------ protocol
     def motors(self) -> dict[str, MotorInfo]:
@@ -407,8 +412,10 @@ class EpicsBeamline:
             backend = f"epics/{ca.get(f'{twin}Backend_RBV', as_string=True)}"
             rays = int(ca.get(f"{twin}Rays_RBV"))
         current = ca.get_float(self.watchdog.current_pv)
+        signals = {n: ca.get_float(pv, fresh=True) for n, pv in self.signals.items()}
         return Observation(detector=detector, diagnostics=readings, positions=self.positions(),
                            energy_eV=energy, ring_current_mA=current, backend=backend,
                            rays=rays, seed=0,
                            meta={"frame": int(ca.get(f"{det}Stats1:UniqueId_RBV", fresh=True)),
-                                 "exposure_s": exposure_s, "time_s": self.time_s})
+                                 "exposure_s": exposure_s, "time_s": self.time_s,
+                                 "signals": signals})

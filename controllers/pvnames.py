@@ -21,6 +21,9 @@ the default::
     detector = "BL07:EIG1:"                # cam1:..., Stats1:..., image1:...
     sample = "BL07:SAMCAM:"                # a diagnostic: Intensity_RBV, PosX_RBV, ...
     twin = ""                              # "" : this part does not exist (a real beamline)
+    [signals]
+    xrf = "BL07:XSP3:C1_ROI1:Value_RBV"    # a scalar detector scans can read (default
+                                           # for xrf: {sample}Xrf_RBV, `beamtwin ioc --specimen`)
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Any
 from twin.description import BeamlineDescription, Detector
 from twin.errors import ConfigError, UnknownNameError
 
-__all__ = ["PvMap", "DIAGNOSTIC_FIELDS", "INTENSITY_KINDS"]
+__all__ = ["PvMap", "DIAGNOSTIC_FIELDS", "INTENSITY_KINDS", "SIGNALS"]
 
 #: fields of a diagnostic that measures intensity only (an ion chamber)
 _INTENSITY_FIELDS = ("Intensity_RBV", "UniqueId_RBV")
@@ -42,6 +45,8 @@ _INTENSITY_FIELDS = ("Intensity_RBV", "UniqueId_RBV")
 DIAGNOSTIC_FIELDS = (*_INTENSITY_FIELDS, "PosX_RBV", "PosY_RBV", "FWHMX_RBV", "FWHMY_RBV")
 #: diagnostic kinds that measure intensity only
 INTENSITY_KINDS = ("ion_chamber",)
+#: scalar signals a scan may read besides the diagnostics
+SIGNALS = ("xrf",)
 #: devices other than motors and diagnostics, and their default base names
 _DEVICES = ("machine", "undulator", "detector", "twin")
 
@@ -60,12 +65,15 @@ class PvMap:
     devices : mapping of str to str, optional
         Base name of ``machine``, ``undulator``, ``detector``, ``twin`` or a
         diagnostic; ``""`` means the beamline has no such device.
+    signals : mapping of str to str, optional
+        PV of a scalar signal (:data:`SIGNALS`), e.g. a fluorescence detector's ROI.
     """
 
     desc: BeamlineDescription
     prefix: str
     motors: Mapping[str, str] = field(default_factory=dict)
     devices: Mapping[str, str] = field(default_factory=dict)
+    signals: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefix, str):
@@ -86,6 +94,13 @@ class PvMap:
             if not isinstance(base, str) or any(c.isspace() for c in base):
                 raise ConfigError(f"mapping: base name of {name!r} must be a string without "
                                   f"spaces, got {base!r}")
+        for name, pv in self.signals.items():
+            if name not in SIGNALS:
+                raise UnknownNameError(f"mapping names unknown signal {name!r}; known: "
+                                       f"{', '.join(SIGNALS)}")
+            if not isinstance(pv, str) or not pv or any(c.isspace() for c in pv):
+                raise ConfigError(f"mapping: signal {name!r} must be a PV name without spaces, "
+                                  f"got {pv!r}")
         if self.device("machine") is None:
             raise ConfigError("mapping: the machine device (ring current, shutter) is required: "
                               "the beam watchdog needs it")
@@ -105,15 +120,16 @@ class PvMap:
             raise ConfigError(f"cannot read mapping file {str(path)!r}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"mapping file {str(path)!r} is not valid TOML: {exc}") from None
-        extra = sorted(set(doc) - {"motors", "devices"})
+        extra = sorted(set(doc) - {"motors", "devices", "signals"})
         if extra:
             raise ConfigError(f"mapping file {str(path)!r}: unknown tables {extra}; allowed: "
-                              f"[motors], [devices]")
+                              f"[motors], [devices], [signals]")
         motors, devices = doc.get("motors", {}), doc.get("devices", {})
-        if not isinstance(motors, dict) or not isinstance(devices, dict):
-            raise ConfigError(f"mapping file {str(path)!r}: [motors] and [devices] must be "
-                              f"tables")
-        return cls(desc, prefix, motors=motors, devices=devices)
+        signals = doc.get("signals", {})
+        if not all(isinstance(t, dict) for t in (motors, devices, signals)):
+            raise ConfigError(f"mapping file {str(path)!r}: [motors], [devices] and [signals] "
+                              f"must be tables")
+        return cls(desc, prefix, motors=motors, devices=devices, signals=signals)
 
     # ------------------------------------------------------------------ names
     @property
@@ -140,6 +156,19 @@ class PvMap:
             return self.devices[name] or None
         default = "det" if name == "detector" else name
         return f"{self.prefix}{default}:"
+
+    def signal(self, name: str) -> str:
+        """PV of scalar signal *name* (``xrf``: the fluorescence under the focus)."""
+        if name not in SIGNALS:
+            raise UnknownNameError(f"unknown signal {name!r}; known: {', '.join(SIGNALS)}")
+        if name in self.signals:
+            return self.signals[name]
+        sample = next((e.name for e in self.desc.diagnostics if e.kind == "sample"), None)
+        base = self.device(sample) if sample is not None else None
+        if base is None:
+            raise ConfigError(f"signal {name!r}: this beamline has no sample diagnostic; map "
+                              f"its PV in the mapping file's [signals] table")
+        return f"{base}Xrf_RBV"
 
     def diagnostic_kind(self, name: str) -> str:
         """``kind`` of diagnostic *name* (bpm, screen, sample, ion_chamber)."""

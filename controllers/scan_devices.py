@@ -311,9 +311,10 @@ class BeamDetector:
     """Every diagnostic of the beamline, read from one acquisition per ``trigger()``.
 
     Fields are ``{diagnostic}_{flux|x_um|y_um|fwhm_x_um|fwhm_y_um}`` for every
-    diagnostic and the detector, and ``xrf`` (photons per exposure) when a
-    specimen is mounted: the specimen under the focus the ``sample`` diagnostic
-    sees.
+    diagnostic and the detector, every scalar signal the beamline measures
+    (*signals*, e.g. ``xrf`` from a fluorescence detector's PV over EPICS), and
+    ``xrf`` (photons per exposure) when a simulated specimen is mounted in-process:
+    the specimen under the focus the ``sample`` diagnostic sees.
 
     Parameters
     ----------
@@ -321,12 +322,17 @@ class BeamDetector:
     signal : str
         The hinted field (what a scan plots and analyses).
     specimen : Specimen, optional
+    signals : sequence of str
+        Scalar signals the beamline reports in ``observation.meta["signals"]``.
     name : str
     """
 
     def __init__(self, beamline: ScanBeamline, signal: str, *,
-                 specimen: Specimen | None = None, name: str = "beam") -> None:
+                 specimen: Specimen | None = None, signals: Sequence[str] = (),
+                 name: str = "beam") -> None:
         self.beamline, self.specimen = beamline, specimen
+        #: scalar signals the beamline itself measures (``meta["signals"]``, over EPICS)
+        self.signals = list(signals)
         self.name, self.parent = name, None
         self.errors: list[BaseException] = []
         self.last: Observation | None = None
@@ -342,7 +348,8 @@ class BeamDetector:
     def fields(self) -> list[str]:
         """Every field :meth:`read` gives."""
         out = [f"{d}_{k}" for d in self.diagnostics for k, _, _ in STAT_FIELDS]
-        if self.specimen is not None and self._sample is not None:
+        out += self.signals
+        if "xrf" not in out and self.specimen is not None and self._sample is not None:
             out.append("xrf")
         return out
 
@@ -364,7 +371,10 @@ class BeamDetector:
                 obs.diagnostics[d].stats if d in obs.diagnostics else None)
             for key, attr, _ in STAT_FIELDS:
                 out[f"{d}_{key}"] = float(getattr(s, attr)) if s is not None else math.nan
-        if "xrf" in self.fields():
+        measured = obs.meta.get("signals", {})
+        for n in self.signals:
+            out[n] = float(measured.get(n, math.nan))
+        if "xrf" in self.fields() and "xrf" not in self.signals:
             s = obs.diagnostics[self._sample].stats if self._sample in obs.diagnostics else None
             exposure = float(obs.meta.get("exposure_s", self.beamline.exposure_s or 1.0))
             out["xrf"] = 0.0 if s is None else self.specimen.counts(  # type: ignore[union-attr]

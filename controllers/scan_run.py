@@ -23,7 +23,7 @@ import datetime as _dt
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -72,8 +72,10 @@ def _energy_motors(desc: BeamlineDescription) -> list[str]:
 
 
 def _detector(request: ScanRequest, desc: BeamlineDescription,
-              specimen: Specimen | None) -> None:
+              specimen: Specimen | None, signals: Sequence[str] = ()) -> None:
     names = [d.name for d in desc.diagnostics] + [desc.detector.name]
+    if request.detector in signals:
+        return
     if request.detector == "xrf":
         if specimen is None:
             raise ScanRequestError("detector", "'xrf' is the signal of a mounted specimen; "
@@ -156,7 +158,8 @@ def run_scan(request: ScanRequest, beamline: MovableBeamline, desc: BeamlineDesc
              out_dir: str | Path = "beamtwin-scans", specimen: Specimen | None = None,
              progress: Callable[[str], None] | None = None, progress_bar: bool = True,
              live_plot: bool | None = None, wait: Callable[[float], None] | None = None,
-             md: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             md: Mapping[str, Any] | None = None, signals: Sequence[str] = ()
+             ) -> dict[str, Any]:
     """Run *request* on *beamline*; the ``scan --json`` document.
 
     Parameters
@@ -177,15 +180,18 @@ def run_scan(request: ScanRequest, beamline: MovableBeamline, desc: BeamlineDesc
         on the twin); default: real time.
     md : mapping, optional
         Extra start-document metadata (the RunEngine records it; so does the file).
+    signals : sequence of str
+        Scalar signals *beamline* measures itself (``EpicsBeamline(signals=...)``, e.g.
+        ``xrf`` from a fluorescence detector); they take the place of a simulated specimen.
     """
     from bluesky import RunEngine
     from bluesky.utils import RunEngineInterrupted
 
     say = progress or (lambda m: None)
     movable = movable_motors(request, desc)
-    _detector(request, desc, specimen)
+    _detector(request, desc, specimen, signals)
     sbl = ScanBeamline(beamline, desc, movable=movable, exposure_s=request.exposure_s)
-    det = BeamDetector(sbl, request.signal_field, specimen=specimen)
+    det = BeamDetector(sbl, request.signal_field, specimen=specimen, signals=signals)
     energy = EnergyAxis(sbl) if request.plan == "escan" else None
     axes: list[Axis] = [energy] if energy is not None else [Axis(sbl, m) for m in request.motors]
     npoints = check_request(request, sbl, energy)

@@ -43,6 +43,7 @@ from ioc_sim.motor_record import MotorRecord
 from twin.description import BeamlineDescription, Detector
 from twin.errors import ConfigError
 from twin.observation import Observation
+from twin.specimen import Specimen
 
 __all__ = ["BeamlineIOC", "PvInfo", "check_prefix"]
 
@@ -89,11 +90,15 @@ class BeamlineIOC:
         Diagnostics update rate while the detector is idle, Hz (0 to 20).
     machine : SimulatedMachine, optional
         An existing machine (tests); built from *config* otherwise.
+    specimen : Specimen, optional
+        A specimen mounted at the sample: the sample camera then serves its
+        fluorescence (``{P}sample:Xrf_RBV``).
     """
 
     def __init__(self, desc: BeamlineDescription, prefix: str, *,
                  config: MachineConfig | None = None, diag_rate_hz: float = 2.0,
-                 machine: SimulatedMachine | None = None) -> None:
+                 machine: SimulatedMachine | None = None,
+                 specimen: Specimen | None = None) -> None:
         self.prefix = check_prefix(prefix)
         if not (isinstance(diag_rate_hz, (int, float)) and math.isfinite(diag_rate_hz)
                 and 0 <= diag_rate_hz <= 20):
@@ -106,7 +111,7 @@ class BeamlineIOC:
             element, axis = name.split(".", 1)
             self.motors[name] = MotorRecord(f"{prefix}{element}:{axis}", machine=m, motor=name)
         self.diagnostics: dict[str, DiagnosticPVs] = {
-            e.name: make_diagnostic(prefix, e) for e in desc.diagnostics
+            e.name: make_diagnostic(prefix, e, specimen) for e in desc.diagnostics
             if not isinstance(e, Detector)}
         self.undulator = UndulatorPVs(f"{prefix}undulator:", machine=m)
         self.ring = MachinePVs(f"{prefix}machine:", machine=m)

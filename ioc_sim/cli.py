@@ -38,6 +38,9 @@ __all__ = ["ioc_command"]
               help="Drift, vibration, gap-dependent source, ring decay and top-up.")
 @click.option("--noise/--no-noise", default=True, show_default=True,
               help="Photon and readout noise on frames and diagnostics.")
+@click.option("--specimen", type=int, default=None, metavar="SEED",
+              help="Mount the test specimen SEED at the sample: {P}sample:Xrf_RBV serves "
+                   "its fluorescence under the focus.")
 @click.option("--diag-rate", type=float, default=2.0, show_default=True,
               help="Diagnostics update rate while the detector is idle, Hz (0-20).")
 @click.option("--port", type=int, default=None,
@@ -53,7 +56,8 @@ __all__ = ["ioc_command"]
 @click.option("--list-pvs", is_flag=True, help="Print the PV table and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 def ioc_command(preset: str | None, prefix: str, backend: str, rays: int, misalign: float,
-                seed: int, disturbances: bool, noise: bool, diag_rate: float, port: int | None,
+                seed: int, disturbances: bool, noise: bool, specimen: int | None,
+                diag_rate: float, port: int | None,
                 interfaces: tuple[str, ...], ca_server: str, list_pvs: bool,
                 as_json: bool) -> None:
     """Serve the beamline twin as EPICS IOCs: motor records, undulator, machine,
@@ -73,7 +77,13 @@ def ioc_command(preset: str | None, prefix: str, backend: str, rays: int, misali
         desc = load_preset(preset)
         config = MachineConfig(backend=backend, rays=rays, misalign=misalign, seed=seed,
                                disturbances=disturbances, noise=noise)
-        ioc = BeamlineIOC(desc, prefix, config=config, diag_rate_hz=diag_rate)
+        from twin.specimen import Specimen
+
+        if specimen is not None and specimen < 0:
+            raise ConfigError(f"--specimen must be a seed >= 0, got {specimen}")
+        mounted = Specimen.default(specimen) if specimen is not None else None
+        ioc = BeamlineIOC(desc, prefix, config=config, diag_rate_hz=diag_rate,
+                          specimen=mounted)
         if list_pvs:
             import asyncio
 

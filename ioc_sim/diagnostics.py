@@ -42,10 +42,12 @@ from caproto.server import PVGroup
 from ioc_sim.analysis import counts_frame, frame_stats
 from ioc_sim.machine import SimulatedMachine
 from ioc_sim.pvs import array_pv, enum_pv, float_pv, int_pv, string_pv
-from twin.description import BeamPositionMonitor, Element, IonChamber
+from twin.description import BeamPositionMonitor, Element, IonChamber, SampleStage
 from twin.observation import Observation, Reading
+from twin.specimen import Specimen
 
-__all__ = ["DiagnosticPVs", "make_diagnostic", "UndulatorPVs", "MachinePVs", "TwinPVs"]
+__all__ = ["DiagnosticPVs", "SpecimenPVs", "make_diagnostic", "UndulatorPVs", "MachinePVs",
+           "TwinPVs"]
 
 
 class DiagnosticPVs(PVGroup):
@@ -111,8 +113,28 @@ class CameraPVs(PositionPVs):
         await super().publish(reading, uid, exposure_s)
 
 
-def make_diagnostic(prefix: str, element: Element) -> DiagnosticPVs:
-    """The PV group of one diagnostic *element*, at ``{prefix}{element.name}:``."""
+class SpecimenPVs(CameraPVs):
+    """The sample camera with a specimen mounted: its fluorescence too (``Xrf_RBV``)."""
+
+    xrf = float_pv("Xrf_RBV", "fluorescence of the mounted specimen under the focus, per "
+                   "exposure", units="ph", precision=1)
+
+    def __init__(self, prefix: str, *, pixels: tuple[int, int], specimen: Specimen) -> None:
+        super().__init__(prefix, pixels=pixels)
+        self.specimen = specimen
+
+    async def publish(self, reading: Reading, uid: int, exposure_s: float) -> None:  # noqa: D102
+        s = reading.stats
+        counts = self.specimen.counts(s.flux, s.centroid_x_um, s.centroid_y_um, s.fwhm_x_um,
+                                      s.fwhm_y_um, exposure_s)
+        await self.xrf.write(counts, verify_value=False)
+        await super().publish(reading, uid, exposure_s)
+
+
+def make_diagnostic(prefix: str, element: Element,
+                    specimen: Specimen | None = None) -> DiagnosticPVs:
+    """The PV group of one diagnostic *element*, at ``{prefix}{element.name}:``; the sample
+    camera serves *specimen*'s fluorescence when one is mounted."""
     where = f"{prefix}{element.name}:"
     if isinstance(element, IonChamber):
         return DiagnosticPVs(prefix=where)
@@ -120,6 +142,9 @@ def make_diagnostic(prefix: str, element: Element) -> DiagnosticPVs:
         return PositionPVs(prefix=where)
     nx, ny = element.pixels  # type: ignore[attr-defined]
     data = array_pv("image:ArrayData", "camera image, counts, row-major", nx * ny)
+    if specimen is not None and isinstance(element, SampleStage):
+        cls = type(f"SpecimenPVs{nx}x{ny}", (SpecimenPVs,), {"array_data": data})
+        return cls(where, pixels=(nx, ny), specimen=specimen)
     cls = type(f"CameraPVs{nx}x{ny}", (CameraPVs,), {"array_data": data})
     return cls(where, pixels=(nx, ny))
 

@@ -359,3 +359,16 @@ def test_a_failure_mid_scan_ends_it_cleanly_with_its_data(desc, tmp_path):
     summary = validate(doc["nexus_file"])
     assert summary["status"] == "fail" and summary["points"] == 3
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_mapping_file_names_a_fluorescence_detector(desc, tmp_path):
+    from controllers.pvnames import PvMap
+    from twin.errors import UnknownNameError
+
+    assert PvMap(desc, "BT:").signal("xrf") == "BT:sample:Xrf_RBV"
+    f = tmp_path / "map.toml"
+    f.write_text('[signals]\nxrf = "BL07:XSP3:C1_ROI1:Value_RBV"\n')
+    assert PvMap.load(desc, "BT:", f).signal("xrf") == "BL07:XSP3:C1_ROI1:Value_RBV"
+    f.write_text('[signals]\ndiode = "BL07:DIODE"\n')
+    with pytest.raises(UnknownNameError, match="diode"):
+        PvMap.load(desc, "BT:", f)

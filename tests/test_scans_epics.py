@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from controllers.ca import PvNotFoundError
 from controllers.epics_beamline import EpicsBeamline, EpicsConfig
 from controllers.nexus import validate
 from controllers.pvnames import PvMap
@@ -20,7 +21,7 @@ from twin.specimen import Specimen
 pytestmark = pytest.mark.ioc
 
 IOC_ARGS = ["--backend", "fast", "--rays", "3000", "--seed", "4", "--misalign", "0.5",
-            "--no-disturbances", "--diag-rate", "2"]
+            "--no-disturbances", "--diag-rate", "2", "--specimen", "0"]
 FAST = EpicsConfig(connect_timeout_s=3.0, move_margin_s=1.0)
 
 
@@ -36,14 +37,17 @@ def refused_at_ioc(epics, ioc) -> int:
     return int(v)
 
 
-def epics_scan(desc, ioc, tmp_path, plan, *args, specimen=None, **fields):
+def epics_scan(desc, ioc, tmp_path, plan, *args, **fields):
+    """A scan over EPICS; ``detector="xrf"`` reads the IOC's specimen (``--specimen 0``)."""
     d = parse_args(plan, [str(a) for a in args])
     d.update(fields)
     req = ScanRequest.from_dict(d)
-    bl = EpicsBeamline(PvMap(desc, ioc.prefix), movable=movable_motors(req, desc), config=FAST)
+    signals = ["xrf"] if req.detector == "xrf" else []
+    bl = EpicsBeamline(PvMap(desc, ioc.prefix), movable=movable_motors(req, desc), config=FAST,
+                       signals=signals)
     try:
-        return run_scan(req, bl, desc, out_dir=tmp_path, specimen=specimen, progress_bar=False,
-                        live_plot=False), bl
+        return run_scan(req, bl, desc, out_dir=tmp_path, progress_bar=False, live_plot=False,
+                        signals=signals), bl
     finally:
         bl.close()
 
@@ -68,6 +72,7 @@ def test_step_scan_over_epics_with_analysis_goto_and_nexus(ioc, epics, desc, tmp
 
 
 def test_energy_scan_and_xrf_map_over_epics(ioc, epics, desc, tmp_path):
+    """The energy scan, and a map of the specimen mounted on the IOC (its Xrf_RBV PV)."""
     doc, _ = epics_scan(desc, ioc, tmp_path, "escan", 9900, 10100, 2, detector="i0")
     assert doc["exit_status"] == "success" and doc["points"] == 3, doc["error"]
     assert doc["data"]["energy"] == pytest.approx([9900, 10000, 10100], abs=3)
@@ -81,8 +86,7 @@ def test_energy_scan_and_xrf_map_over_epics(ioc, epics, desc, tmp_path):
            get(f"{base}PosY_RBV") + get(f"{ioc.prefix}sample:y.RBV")]
     want = [lab[0] - p.x_um, lab[1] - p.y_um]
     doc, _ = epics_scan(desc, ioc, tmp_path, "amesh", "sample.x", want[0] - 5, want[0] + 5, 4,
-                        "sample.y", want[1] - 5, want[1] + 5, 4, detector="xrf",
-                        specimen=spec)
+                        "sample.y", want[1] - 5, want[1] + 5, 4, detector="xrf")
     assert doc["exit_status"] == "success" and doc["points"] == 25, doc["error"]
     assert doc["peak"]["max"][:2] == pytest.approx(want, abs=3.0)
 
@@ -102,6 +106,10 @@ def test_refused_requests_never_reach_the_ioc(ioc, epics, desc, tmp_path):
     assert refused_at_ioc(epics, ioc) == before
     assert epics.caget(f"{ioc.prefix}sample:x.RBV", timeout=5, use_monitor=False) == rbv0
     assert not list(tmp_path.glob("*.h5"))
+    # R4: a fluorescence PV that does not exist is named before anything moves
+    pvmap = PvMap(desc, ioc.prefix, signals={"xrf": f"{ioc.prefix}nope:Xrf_RBV"})
+    with pytest.raises(PvNotFoundError, match="nope:Xrf_RBV"):
+        EpicsBeamline(pvmap, movable=["sample.x"], config=FAST, signals=["xrf"])
 
 
 def test_plans_in_a_users_own_session_with_ophyd_devices(ioc, desc):
@@ -145,13 +153,12 @@ def test_scan_command_over_epics(ioc, tmp_path):
 
 
 def test_autonomous_maps_over_epics(ioc, desc, tmp_path):
-    spec = Specimen.default(1)
     doc, _ = epics_scan(desc, ioc, tmp_path, "gpscan", "sample.x", -10, 10, "sample.y", -10, 10,
-                        12, detector="xrf", specimen=spec)
+                        12, detector="xrf")
     assert doc["exit_status"] == "success" and doc["points"] == 12, doc["error"]
     assert doc["adaptive"]["kind"] == "gp" and validate(doc["nexus_file"])["points"] == 12
     doc, _ = epics_scan(desc, ioc, tmp_path, "c2fmap", "sample.x", -10, 10, "sample.y", -10, 10,
-                        10, 5, detector="xrf", specimen=spec)
+                        10, 5, detector="xrf")
     assert doc["exit_status"] == "success", doc["error"]
     assert doc["adaptive"]["coarse_points"] == 9
     assert doc["points"] == 9 + doc["adaptive"]["fine_points"]
