@@ -21,10 +21,8 @@ every axis it moved gets STOP. The document returned has the keys of
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -47,6 +45,7 @@ from controllers.plans import (
     NexusCallback,
     PlanBridge,
     agent_plan,
+    run_to_outcome,
 )
 from controllers.pvnames import PvMap
 from controllers.report import write_report
@@ -187,7 +186,6 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
          budget: int, seed: int, out: Path, safety: SafetyConfig | None,
          say: Callable[[str], None], progress_bar: bool, doc: dict[str, Any]) -> dict[str, Any]:
     from bluesky import RunEngine
-    from bluesky.utils import RunEngineInterrupted
 
     settings, refs = _references(bl, budget, safety)
     observed_at = next((s.diagnostic for s in st_list if s.name == "kb"), st_list[-1].diagnostic)
@@ -249,37 +247,13 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
         md = {"plan_name": "beamtwin_align", "agent": name, "prefix": bl.map.prefix,
               "stages": [s.name for s in st_list], "budget": budget, "seed": seed}
         t0 = time.monotonic()
-        result: dict[str, Any] | None = None
-        error: str | None = None
-        exit_status = "success"
-        # the RunEngine prints ("Pausing...", "Aborting..."): to stderr, so that stdout
-        # holds only the command's JSON document
-        quiet = contextlib.redirect_stdout(sys.stderr)
-        quiet.__enter__()
         try:
-            res = RE(agent_plan(bridge, mover, reader, work, md=md))
-            result = outcome.get("align")
-            exit_status = res.exit_status
-            if res.exit_status != "success" and res.reason:
-                error = res.reason
-        except RunEngineInterrupted:
-            say("interrupted: aborting the run; every moved axis gets STOP")
-            try:
-                RE.abort(reason="Ctrl-C")
-            except Exception:  # noqa: BLE001 - the abort's own result is recorded below
-                pass
-            exit_status, error = "abort", "interrupted (Ctrl-C)"
-        except BaseException as exc:  # noqa: BLE001 - recorded in the document and the file
-            exit_status = "fail"
-            errors = mover.errors + reader.errors
-            cause = errors[-1] if errors else exc
-            error = f"{type(cause).__name__}: {cause}"
-            if isinstance(exc, KeyboardInterrupt):
-                exit_status, error = "abort", "interrupted (Ctrl-C)"
+            exit_status, error = run_to_outcome(
+                RE, agent_plan(bridge, mover, reader, work, md=md), [mover, reader], say)
         finally:
-            quiet.__exit__(None, None, None)
             if bar is not None:
                 bar.close()
+        result: dict[str, Any] | None = outcome.get("align")
         run_s = time.monotonic() - t0
         st_docs = (result or {}).get("stages", [])
         after_obs = None

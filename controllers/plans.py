@@ -19,11 +19,13 @@ the NeXus writer (:class:`NexusCallback`) and the report.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
+import sys
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +42,7 @@ from twin.observation import Observation
 from twin.protocol import MotorInfo
 
 __all__ = ["RunAborted", "in_thread", "PlanBridge", "BridgedBeamline", "BeamlineMover",
-           "BeamlineReader", "agent_plan", "NexusCallback"]
+           "BeamlineReader", "agent_plan", "run_to_outcome", "NexusCallback"]
 
 
 class RunAborted(BeamtwinError, RuntimeError):
@@ -301,6 +303,40 @@ def _cause(exc: BaseException, mover: BeamlineMover, reader: BeamlineReader) -> 
             type(exc).__module__.split(".")[0] != "bluesky":
         return exc
     return RunAborted(f"the run was ended by the RunEngine ({type(exc).__name__})")
+
+
+def run_to_outcome(RE: Any, plan: Any, devices: Sequence[Any],
+                   say: Callable[[str], None]) -> tuple[str, str | None]:
+    """Run *plan* on *RE*; ``(exit_status, error)`` instead of an exception.
+
+    Ctrl-C pauses the RunEngine, which is then aborted (every axis it moved gets
+    STOP): ``("abort", ...)``. An exception in the plan gives ``("fail", ...)``,
+    naming the last error a device recorded (a refusal, a timeout) rather than
+    the RunEngine's wrapper. The RunEngine's own messages go to stderr, so that
+    stdout holds only a command's JSON document.
+    """
+    from bluesky.utils import RunEngineInterrupted
+
+    quiet = contextlib.redirect_stdout(sys.stderr)
+    quiet.__enter__()
+    try:
+        res = RE(plan)
+        if res.exit_status != "success":
+            return res.exit_status, res.reason or res.exit_status
+        return "success", None
+    except RunEngineInterrupted:
+        say("interrupted: aborting the run; every moved axis gets STOP")
+        with contextlib.suppress(Exception):  # the abort's own result is what we report
+            RE.abort(reason="Ctrl-C")
+        return "abort", "interrupted (Ctrl-C)"
+    except BaseException as exc:  # noqa: BLE001 - reported as the run's outcome
+        if isinstance(exc, KeyboardInterrupt):
+            return "abort", "interrupted (Ctrl-C)"
+        errors = [e for d in devices if d is not None for e in getattr(d, "errors", [])]
+        cause = errors[-1] if errors else exc
+        return "fail", f"{type(cause).__name__}: {cause}"
+    finally:
+        quiet.__exit__(None, None, None)
 
 
 class NexusCallback:

@@ -32,6 +32,7 @@ import numpy as np
 
 from controllers.adaptive import Box, CoarseToFine, GPMapper, adaptive_plan, reconstruct
 from controllers.nexus import NexusWriter
+from controllers.plans import run_to_outcome
 from controllers.scan_analysis import ScanAnalysis, has_display, plot_scan
 from controllers.scan_devices import Axis, BeamDetector, EnergyAxis, ScanBeamline
 from controllers.scan_request import MAP_PLANS, ScanRequest, ScanRequestError
@@ -185,7 +186,6 @@ def run_scan(request: ScanRequest, beamline: MovableBeamline, desc: BeamlineDesc
         ``xrf`` from a fluorescence detector); they take the place of a simulated specimen.
     """
     from bluesky import RunEngine
-    from bluesky.utils import RunEngineInterrupted
 
     say = progress or (lambda m: None)
     movable = movable_motors(request, desc)
@@ -236,28 +236,10 @@ def run_scan(request: ScanRequest, beamline: MovableBeamline, desc: BeamlineDesc
             plan, engine = plan
         say(f"{request.plan}: {expected or 'adaptive'} points, signal {signal}")
         t0, bt0 = time.monotonic(), sbl.time_s
-        exit_status, error = "success", None
-        quiet = contextlib.redirect_stdout(sys.stderr)  # the RunEngine prints; stdout is JSON
-        quiet.__enter__()
         try:
-            res = RE(plan)
-            exit_status = res.exit_status
-            if res.exit_status != "success":
-                error = res.reason or res.exit_status
-        except RunEngineInterrupted:
-            say("interrupted: aborting the scan; every moved axis gets STOP")
-            with contextlib.suppress(Exception):
-                RE.abort(reason="Ctrl-C")
-            exit_status, error = "abort", "interrupted (Ctrl-C)"
-        except BaseException as exc:  # noqa: BLE001 - recorded in the document and the file
-            errors = [e for o in (det, *axes, getattr(sbl, "_group_mover", None)) if o
-                      for e in getattr(o, "errors", [])]
-            cause = errors[-1] if errors else exc
-            exit_status, error = "fail", f"{type(cause).__name__}: {cause}"
-            if isinstance(exc, KeyboardInterrupt):
-                exit_status, error = "abort", "interrupted (Ctrl-C)"
+            exit_status, error = run_to_outcome(
+                RE, plan, [det, *axes, getattr(sbl, "_group_mover", None)], say)
         finally:
-            quiet.__exit__(None, None, None)
             if bar is not None:
                 bar.close()
         run_s = time.monotonic() - t0
