@@ -190,7 +190,7 @@ def test_ioc_killed_mid_scan_aborts_with_a_reason_and_valid_data(ca_ports, epics
 
         t = threading.Thread(target=work, daemon=True)
         t.start()
-        time.sleep(8.0)  # a few points in
+        time.sleep(5.0)  # a few points in
         ioc.kill()
         killed = time.monotonic()
         t.join(timeout=90)
