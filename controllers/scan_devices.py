@@ -261,7 +261,7 @@ class EnergyAxis(Axis):
         from twin.units import to_internal
 
         spec = self.mono.motor("bragg")
-        theta = to_internal(self.beamline.positions()[f"{self.mono.name}.bragg"], spec.units)
+        theta = to_internal(self.beamline.position(f"{self.mono.name}.bragg"), spec.units)
         d = crystal_d_spacing_A(self.mono.crystal, self.mono.temperature_K)
         return energy_from_bragg_eV(theta, d)
 

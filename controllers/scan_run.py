@@ -97,15 +97,19 @@ def _detector(request: ScanRequest, desc: BeamlineDescription,
 
 
 def check_request(request: ScanRequest, beamline: ScanBeamline,
-                  energy: EnergyAxis | None = None) -> int:
+                  energy: EnergyAxis | None = None,
+                  here: Mapping[str, float] | None = None) -> int:
     """Check every point of *request* on *beamline*; returns the number of points.
+
+    *here* are the motors' readbacks (read from *beamline* if not given); relative
+    plans start from them.
 
     Raises
     ------
     ScanRequestError
         Naming the field (``start[0]``, ``stop[1]``, ...) and the reason.
     """
-    here = beamline.positions()
+    here = beamline.positions() if here is None else here
     if request.plan == "escan":
         if energy is None:  # pragma: no cover - run_scan always passes it
             raise ConfigError("an energy scan needs the energy axis")
@@ -194,8 +198,8 @@ def run_scan(request: ScanRequest, beamline: MovableBeamline, desc: BeamlineDesc
     det = BeamDetector(sbl, request.signal_field, specimen=specimen, signals=signals)
     energy = EnergyAxis(sbl) if request.plan == "escan" else None
     axes: list[Axis] = [energy] if energy is not None else [Axis(sbl, m) for m in request.motors]
-    npoints = check_request(request, sbl, energy)
     here = sbl.positions()
+    npoints = check_request(request, sbl, energy, here)
     start_positions = {m: here[m] for m in movable}
     signal = request.signal_field
     axis_fields = [a.name for a in axes]
