@@ -13,13 +13,16 @@ action
     ``max_step`` times the half-width of its search box (a bounded relative
     move, capped well inside the safety layer's step cap).
 observation
-    ``Box(-20, 20, (7 + d,))``, float32: what the stage's diagnostic reads,
+    ``Box(-20, 20, (7 + p + d,))``, float32: what the stage's diagnostic reads,
     normalised (flux relative to the reference, centroid offset ``c`` in units
     of the reference FWHM as ``sign(c) log(1 + |c|)``, log FWHM ratios, the
-    figure of merit, whether any beam is seen) and the motors' positions in the
-    search box (``u``, from the encoders). With ``image_pixels = n`` an ``n x n``
-    downsampled image of the area detector follows, each pixel's flux relative to
-    the reference flux at the stage's diagnostic: ``Box(-20, 20, (7 + d + n^2,))``.
+    figure of merit, whether any beam is seen), the ``p`` pointing offsets of a
+    stage pointed at a far diagnostic (each in units of ``Stage.pointing_um``, as
+    the same signed log; ``p = 0`` for most stages, 1 for ``m1``, 2 for ``mono``)
+    and the motors' positions in the search box (``u``, from the encoders). With
+    ``image_pixels = n`` an ``n x n`` downsampled image of the area detector
+    follows, each pixel's flux relative to the reference flux at the stage's
+    diagnostic: ``Box(-20, 20, (7 + p + d + n^2,))``.
 reward
     progress of the figure of merit, ``log(fom_t + 1e-6) - log(fom_{t-1} + 1e-6)``.
 terminated
@@ -50,7 +53,7 @@ import torch
 from agents.objective import Judgement, Objective
 from agents.problem import AlignmentProblem, default_span
 from agents.safety import SafetyConfig
-from agents.stages import Stage, stage
+from agents.stages import POINTING_UM, Stage, stage
 from twin.description import BeamlineDescription
 from twin.disturbances import SourcePerturbation, draw_source
 from twin.errors import ConfigError, NonFiniteError
@@ -197,10 +200,9 @@ class AlignConfig:
         variant = int(rng.integers(len(self.energies_eV))) if len(self.energies_eV) > 1 else 0
         return Episode(scale, seed, noise, backlash, source, variant)
 
-    @property
-    def obs_size(self) -> int:
-        """Length of the observation for a stage of *d* motors, less ``d``."""
-        return len(OBS_FEATURES) + self.image_pixels ** 2
+    def obs_length(self, st: Stage) -> int:
+        """Length of the observation for stage *st*."""
+        return len(OBS_FEATURES) + len(st.pointing_terms) + st.dof + self.image_pixels ** 2
 
     @property
     def misalign_range(self) -> tuple[float, float]:
@@ -219,9 +221,11 @@ def downsample(image: np.ndarray, n: int) -> np.ndarray:
 
 
 def observation_vector(j: Judgement, s: BeamStats, ref: BeamStats, u: np.ndarray,
-                       image: np.ndarray | None = None) -> np.ndarray:
+                       image: np.ndarray | None = None,
+                       pointing_um: float = POINTING_UM) -> np.ndarray:
     """The observation of the module docstring, float32.
 
+    The pointing offsets come from ``j.pointing_um``, in units of *pointing_um*.
     *image*, optional, is the downsampled detector image (photons/s per block); it
     is divided by the reference flux and appended after the motor coordinates.
     """
@@ -242,6 +246,10 @@ def observation_vector(j: Judgement, s: BeamStats, ref: BeamStats, u: np.ndarray
     feats = [min(j.flux_ratio, 5.0), cen(s.centroid_x_um, ref.centroid_x_um),
              cen(s.centroid_y_um, ref.centroid_y_um), lw(s.fwhm_x_um, ref.fwhm_x_um),
              lw(s.fwhm_y_um, ref.fwhm_y_um), min(j.fom, 5.0), float(bool(seen))]
+    for p in j.pointing_um:  # no beam there: as far off as the feature can say
+        q = p / pointing_um if math.isfinite(p) else OBS_BOUND * 1e9
+        feats.append(float(np.clip(math.copysign(math.log1p(abs(q)), q), -OBS_BOUND,
+                                   OBS_BOUND)))
     parts = [np.asarray(feats, dtype=np.float32), np.asarray(u, dtype=np.float32)]
     if image is not None:
         scaled = np.asarray(image, dtype=float).ravel() / (ref.flux if ref.flux > 0 else 1.0)
@@ -276,8 +284,8 @@ class AlignEnv(gym.Env):
         self._span = default_span(self.desc, self.stage, cfg.span_sigmas)
         d = self.stage.dof
         self.action_space = gym.spaces.Box(-1.0, 1.0, (d,), dtype=np.float32)
-        self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND, (cfg.obs_size + d,),
-                                                dtype=np.float32)
+        self.observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND,
+                                                (cfg.obs_length(self.stage),), dtype=np.float32)
         self.problem: AlignmentProblem | None = None
         self.beamline: TwinBeamline | None = None
         self._u = np.zeros(d)
@@ -292,18 +300,21 @@ class AlignEnv(gym.Env):
                                   rays=self.config.rays)
         return self._twins[k]
 
-    def _references(self, twin: Twin, seed: int) -> tuple[BeamStats, BeamStats]:
-        """The ideal beamline's reading (true, as measured) with the episode's rays: the
-        ray sample alone moves the ideal flux by up to 10 % (see agents.harness.References)."""
-        diag = self.stage.diagnostic
-        return (twin.trace({}, seed=seed).reading(diag).stats,
-                twin.trace({}, seed=seed, noise=True).reading(diag).stats)
+    def _references(self, twin: Twin, seed: int) -> tuple[dict[str, BeamStats],
+                                                           dict[str, BeamStats]]:
+        """The ideal beamline's readings of the stage's diagnostics (true, as measured)
+        with the episode's rays: the ray sample alone moves the ideal flux by up to 10 %
+        (see agents.harness.References)."""
+        true, noisy = twin.trace({}, seed=seed), twin.trace({}, seed=seed, noise=True)
+        return ({d: true.reading(d).stats for d in self.stage.diagnostics},
+                {d: noisy.reading(d).stats for d in self.stage.diagnostics})
 
     def _obs(self, ev: Any) -> np.ndarray:
         n = self.config.image_pixels
         image = downsample(ev.observation.detector.image, n) if n else None
-        return observation_vector(ev.judgement, ev.observation.reading(
-            self.stage.diagnostic).stats, self._ref, ev.u, image)
+        diag = self.stage.diagnostic
+        return observation_vector(ev.judgement, ev.observation.reading(diag).stats,
+                                  self._ref[diag], ev.u, image, self.stage.pointing_um)
 
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -322,7 +333,7 @@ class AlignEnv(gym.Env):
                                      disturbances=ep.backlash, twin=twin, source=ep.source)
         self._ref = self._ref_noisy if ep.noise else self._ref_true
         self.problem = AlignmentProblem(
-            self.beamline, self.stage, Objective(self.stage, self._ref), span=self._span,
+            self.beamline, self.stage, Objective.at(self.stage, self._ref), span=self._span,
             budget=10**9, trial=f"env-{episode_seed}",
             safety=SafetyConfig(step_cap=max(self.config.max_step, 0.05) / 2 + 1e-9,
                                 max_moves=10**9, divergence_ratio=1e-12,
@@ -376,7 +387,8 @@ class AlignEnv(gym.Env):
         """Whether the true beam (noise-free) meets the success criterion (simulation only)."""
         if self.beamline is None:
             return False
-        return Objective(self.stage, self._ref_true).judge(self.beamline.ground_truth()).success
+        return Objective.at(self.stage, self._ref_true).judge(
+            self.beamline.ground_truth()).success
 
 
 @dataclass
@@ -391,6 +403,7 @@ class _Variant:
     x0: np.ndarray
     ref: BeamStats
     objective: Objective
+    ref_all: dict[str, BeamStats]
 
 
 class AlignVecEnv(gym.vector.VectorEnv):
@@ -426,7 +439,8 @@ class AlignVecEnv(gym.vector.VectorEnv):
         d = self.stage.dof
         self.single_action_space = gym.spaces.Box(-1.0, 1.0, (d,), dtype=np.float32)
         self.single_observation_space = gym.spaces.Box(-OBS_BOUND, OBS_BOUND,
-                                                       (cfg.obs_size + d,), dtype=np.float32)
+                                                       (cfg.obs_length(self.stage),),
+                                                       dtype=np.float32)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space,
                                                          self.num_envs)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space,
@@ -454,9 +468,12 @@ class AlignVecEnv(gym.vector.VectorEnv):
         lo = np.maximum(x0 - span_a, [desc.motor(m).low for m in self.stage.motors])
         hi = np.minimum(x0 + span_a, [desc.motor(m).high for m in self.stage.motors])
         with torch.no_grad():
-            ideal = ft.to_numpy(ft.observe(design_t[None, :]))[self.stage.diagnostic]
-        ref = BeamStats(**{k: float(v[0]) for k, v in ideal.items()})
-        return _Variant(desc, ft, design_t, lo, hi, x0, ref, Objective(self.stage, ref))
+            ideal = ft.to_numpy(ft.observe(design_t[None, :]))
+        refs = {d: BeamStats(**{k: float(v[0]) for k, v in ideal[d].items()})
+                for d in self.stage.diagnostics}
+        ref = refs[self.stage.diagnostic]
+        return _Variant(desc, ft, design_t, lo, hi, x0, ref, Objective.at(self.stage, refs),
+                        refs)
 
     # ------------------------------------------------------------------ helpers
     def _draw(self, i: int) -> None:
@@ -479,6 +496,7 @@ class AlignVecEnv(gym.vector.VectorEnv):
         keys = ("flux", "centroid_x_um", "centroid_y_um", "fwhm_x_um", "fwhm_y_um",
                 "rms_x_um", "rms_y_um")
         stats: dict[int, BeamStats] = {}
+        far: dict[int, dict[str, BeamStats]] = {}
         images: dict[int, np.ndarray] = {}
         n = self.config.image_pixels
         for k, v in enumerate(self._variants):
@@ -490,11 +508,14 @@ class AlignVecEnv(gym.vector.VectorEnv):
             pos[:, self._cols] = torch.as_tensor(x, dtype=self.ft.dtype)
             src = self._source[sel] if self.config.p_source > 0 else None
             with torch.no_grad():
-                out = v.ft.to_numpy(v.ft.observe(pos, self._hidden[sel], source=src))[
-                    self.stage.diagnostic]
+                every = v.ft.to_numpy(v.ft.observe(pos, self._hidden[sel], source=src))
+            out = every[self.stage.diagnostic]
             for r, i in enumerate(sel):
                 stats[int(i)] = BeamStats(**{q: float(out[q][r]) if q in out else math.nan
                                              for q in keys})
+                far[int(i)] = {d: BeamStats(**{q: float(every[d][q][r]) if q in every[d]
+                                               else math.nan for q in keys})
+                               for d in self.stage.pointing}
             if n:
                 det = v.desc.detector
                 with torch.no_grad():
@@ -512,9 +533,10 @@ class AlignVecEnv(gym.vector.VectorEnv):
                             fwhm_x_um=s.fwhm_x_um * (1 + 0.01 * g[1]),
                             fwhm_y_um=s.fwhm_y_um * (1 + 0.01 * g[2]))
             v = self._variants[self._variant[i]]
-            j = v.objective.judge_stats(s)
+            j = v.objective.judge_stats(s, far[int(i)])
             judged.append(j)
-            obs.append(observation_vector(j, s, v.ref, self._u[i], images.get(int(i))))
+            obs.append(observation_vector(j, s, v.ref, self._u[i], images.get(int(i)),
+                                          self.stage.pointing_um))
         return np.stack(obs), judged
 
     # ------------------------------------------------------------------ API

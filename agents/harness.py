@@ -134,8 +134,7 @@ def run_trial(agent: Agent, problem: AlignmentProblem, seed: int, *,
     measured_fom = judgement.fom
     if truth is not None:
         judgement = truth()
-    final = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
-             for k, v in asdict(judgement).items()}
+    final = {k: _json_value(v) for k, v in asdict(judgement).items()}
     final["measured_fom"] = measured_fom
     return TrialResult(
         agent=agent.name, stage=problem.stage.name, trial=problem.trial,
@@ -145,6 +144,13 @@ def run_trial(agent: Agent, problem: AlignmentProblem, seed: int, *,
         optimizer_s=max(wall - problem.eval_wall_s, 0.0),
         final=final, foms=[e.fom for e in problem.history], error=error,
         refusals=list(problem.safe.refusals))
+
+
+def _json_value(v: Any) -> Any:
+    """NaN and inf become None, also inside tuples (the pointing offsets)."""
+    if isinstance(v, (tuple, list)):
+        return [_json_value(x) for x in v]
+    return v if not isinstance(v, float) or math.isfinite(v) else None
 
 
 def _judge_now(problem: AlignmentProblem) -> Judgement:
@@ -238,11 +244,11 @@ def stage_trial(desc: BeamlineDescription, stage_name: str, agent: Agent, *, see
     bl = TwinBeamline(desc, hidden=hidden, seed=seed, backend=settings.backend,
                       rays=settings.rays, noise=settings.noise,
                       disturbances=settings.disturbances)
-    problem = AlignmentProblem(bl, st, Objective(st, refs.measured[st.diagnostic]),
+    problem = AlignmentProblem(bl, st, Objective.at(st, refs.measured),
                                span=default_span(desc, st, settings.span_sigmas),
                                budget=settings.budget, trial=f"{agent.name}-{stage_name}-{seed}",
                                safety=settings.safety)
-    judge = Objective(st, refs.true[st.diagnostic])
+    judge = Objective.at(st, refs.true)
     return run_trial(agent, problem, seed, truth=lambda: judge.judge(bl.ground_truth()))
 
 
@@ -275,7 +281,7 @@ def align(desc: BeamlineDescription, beamline: MovableBeamline,
         st = available[n]
         agent = chosen[n]
         say(f"stage {n} ({st.dof} DOF, judged at {st.diagnostic}) with {agent.name}")
-        objective = Objective(st, references.measured[st.diagnostic])
+        objective = Objective.at(st, references.measured)
         if on_stage is not None:
             on_stage(k, st, objective)
         problem = AlignmentProblem(beamline, st, objective,
@@ -284,7 +290,7 @@ def align(desc: BeamlineDescription, beamline: MovableBeamline,
                                    safety=settings.safety)
         truth = None
         if isinstance(beamline, TwinBeamline):
-            judge = Objective(st, references.true[st.diagnostic])
+            judge = Objective.at(st, references.true)
             truth = (lambda j=judge: j.judge(beamline.ground_truth()))  # noqa: E731
         res = run_trial(agent, problem, seed + k, truth=truth)
         out.append({"stage": n, "agent": agent.name, "motors": list(st.motors),

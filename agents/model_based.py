@@ -67,12 +67,13 @@ class ModelBasedAgent:
     name: str = "model"
 
     def _diagnostics(self, desc: BeamlineDescription, st) -> list[str]:
-        """The judge, and with ``downstream`` every imaging diagnostic after it."""
-        names = [st.diagnostic]
+        """The judge and its pointing diagnostics, and with ``downstream`` every imaging
+        diagnostic after the judge."""
+        names = [st.diagnostic, *st.pointing]
         if self.downstream:
             i = next(k for k, e in enumerate(desc.elements) if e.name == st.diagnostic)
             names += [e.name for e in desc.elements[i + 1:]
-                      if e.kind in ("screen", "sample", "detector")]
+                      if e.kind in ("screen", "sample", "detector") and e.name not in names]
         return names
 
     def _done(self, ev: Evaluation, st: Stage) -> bool:

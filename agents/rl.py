@@ -369,7 +369,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Tr
     desc = load_preset(cfg.preset)
     meta = {"format": METADATA_FORMAT, "stage": cfg.stage,
             "motors": list(stage_of(desc, cfg.stage).motors), "beamline": desc.name,
-            "algo": cfg.algo, "observation": list(OBS_FEATURES) + ["u(motor)..."] + (
+            "algo": cfg.algo, "observation": list(OBS_FEATURES) + [
+                f"pointing({d}.{q})" for d, q in stage_of(desc, cfg.stage).pointing_terms] + [
+                "u(motor)..."] + (
                 [f"detector image {cfg.image_pixels}x{cfg.image_pixels}"]
                 if cfg.image_pixels else []),
             "policy_input": "[obs_t, obs_t - obs_{t-1}]", "max_step": cfg.max_step,
@@ -493,6 +495,14 @@ class RLAgent:
                               f"{pol.metadata['motors']}, stage {st.name!r} has "
                               f"{list(st.motors)}; train one for this beamline with "
                               f"`beamtwin train --stage {st.name} --preset FILE`")
+        n_image = int(pol.metadata["config"].get("image_pixels", 0)) ** 2
+        expected = 2 * (len(OBS_FEATURES) + len(st.pointing_terms) + st.dof + n_image)
+        got = int(np.prod(pol.model.observation_space.shape))
+        if got != expected:
+            raise ConfigError(f"policy {path.name!r} observes {got} features, stage "
+                              f"{st.name!r} gives {expected} (pointing at "
+                              f"{list(st.pointing) or 'nothing'}); retrain it with "
+                              f"`beamtwin train --stage {st.name}`")
         return pol
 
     def check(self, st: Stage) -> None:
@@ -511,7 +521,7 @@ class RLAgent:
         def observe(e: Evaluation) -> np.ndarray:
             image = downsample(e.observation.detector.image, n) if n else None
             return observation_vector(e.judgement, e.observation.reading(diag).stats, ref, e.u,
-                                      image)
+                                      image, problem.stage.pointing_um)
 
         ev = problem.observe_start()
         best = ev

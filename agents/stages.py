@@ -7,10 +7,13 @@ user's preset gets them too:
 
 ``m1``
     pitch, height and bend of every mirror upstream of the monochromator,
-    judged at the first screen or BPM after them (beam centred, full flux).
+    judged at the first screen or BPM after them (beam centred, full flux), and
+    pointed at the last BPM or screen before the focusing optics.
 ``mono``
     second-crystal pitch and roll of the monochromator, judged at the first BPM
-    or screen after it (on the rocking-curve peak, beam centred).
+    or screen after it (on the rocking-curve peak), and pointed at the last BPM
+    or screen before the focusing optics. Without such a far diagnostic, the
+    beam must also be centred on the first one.
 ``slits``
     centres of the slits after the monochromator, judged by the flux at the
     next diagnostic.
@@ -22,6 +25,19 @@ user's preset gets them too:
     in focus).
 ``full``
     every DOF above at once, judged at the sample.
+
+Pointing
+--------
+A screen 1.5 m after a mirror cannot tell the mirror's pitch from its height:
+both move the beam there, and one cancels the other. 25 m further on, at the
+focusing optics, the pitch error left behind is what counts: on the default
+beamline 1 urad of M1 pitch moves the beam 58 um at the KB, whose horizontal
+mirror accepts 1.05 mm for a 0.9 mm beam, and 4 urad already cost 16 % of the
+flux at the sample. The upstream stages are therefore also judged by where the
+beam arrives at the last diagnostic before the focusing optics (``kb_bpm`` on
+the default beamline): within ``pointing_um`` of the ideal beam there, in the
+planes the stage's optics deflect (M1: horizontal; the DCM: both, pitch
+vertically and roll horizontally).
 """
 
 from __future__ import annotations
@@ -44,12 +60,18 @@ from twin.description import (
 )
 from twin.errors import ConfigError, UnknownNameError
 
-__all__ = ["Stage", "stages", "stage", "ordered_stages", "STAGE_ORDER"]
+__all__ = ["Stage", "stages", "stage", "ordered_stages", "STAGE_ORDER", "POINTING_UM"]
 
 #: the progressive order of one-click alignment
 STAGE_ORDER = ("m1", "mono", "slits", "kb", "sample")
 
 Goal = Literal["centre", "flux", "focus", "target"]
+Plane = Literal["x", "y"]
+
+#: default pointing tolerance at the long-lever diagnostic, um: the beam within 20 um of
+#: its ideal position at the KB entrance keeps the flux at the sample within 2 % (the KB-H
+#: mirror accepts 1.05 mm for a 0.9 mm beam on the default beamline)
+POINTING_UM = 20.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +93,13 @@ class Stage:
         Half-width of the search box, in units of each motor's typical
         misalignment. The sample stage searches wider: after the KB is aligned
         the focus sits wherever the KB's own errors put it, tens of um away.
+    pointing : tuple of str
+        Diagnostics far downstream where the beam must also arrive on the ideal
+        beam's position (see the module docstring); empty: none.
+    pointing_planes : tuple of {"x", "y"}
+        The planes in which the pointing is judged: those the stage's optics deflect.
+    pointing_um : float
+        Allowed centroid offset at each pointing diagnostic, in each plane, um.
     """
 
     name: str
@@ -78,11 +107,24 @@ class Stage:
     diagnostic: str
     goal: Goal
     span_sigmas: float = 4.0
+    pointing: tuple[str, ...] = ()
+    pointing_planes: tuple[Plane, ...] = ()
+    pointing_um: float = POINTING_UM
 
     @property
     def dof(self) -> int:
         """Degrees of freedom."""
         return len(self.motors)
+
+    @property
+    def diagnostics(self) -> tuple[str, ...]:
+        """Every diagnostic the stage is judged by: its own, then the pointing ones."""
+        return (self.diagnostic, *self.pointing)
+
+    @property
+    def pointing_terms(self) -> tuple[tuple[str, Plane], ...]:
+        """``(diagnostic, plane)`` of every pointing offset, in a fixed order."""
+        return tuple((d, p) for d in self.pointing for p in self.pointing_planes)
 
 
 def _motors(e: Element, axes: tuple[str, ...]) -> list[str]:
@@ -97,6 +139,27 @@ def _next_diagnostic(desc: BeamlineDescription, after: int,
     return None
 
 
+def _planes(elements: Sequence[Element]) -> tuple[Plane, ...]:
+    """The planes the elements deflect in: a mirror its own, a monochromator both
+    (pitch vertically, roll horizontally)."""
+    planes: set[str] = set()
+    for e in elements:
+        if isinstance(e, Mirror):
+            planes.add("x" if e.deflection in ("left", "right") else "y")
+        else:
+            planes.update(("x", "y"))
+    return tuple(p for p in ("x", "y") if p in planes)  # type: ignore[misc]
+
+
+def _lever(desc: BeamlineDescription, judge: str, before: int) -> tuple[str, ...]:
+    """The last BPM or screen before element *before*, if it is not *judge*."""
+    far = None
+    for e in desc.elements[:before]:
+        if isinstance(e, (BeamPositionMonitor, Screen)):
+            far = e.name
+    return (far,) if far is not None and far != judge else ()
+
+
 def stages(desc: BeamlineDescription) -> dict[str, Stage]:
     """Every stage this beamline has, by name (see the module docstring)."""
     els = desc.elements
@@ -107,17 +170,26 @@ def stages(desc: BeamlineDescription) -> dict[str, Stage]:
     split = mono_i if mono_i is not None else len(els)
     up = [(i, e) for i, e in enumerate(els[:split]) if isinstance(e, Mirror)]
     up_motors = [m for _, e in up for m in _motors(e, ("pitch", "height", "bend"))]
+    after = [(i, e) for i, e in enumerate(els) if i > split]
+    focusing = next((i for i, e in after if isinstance(e, Mirror)), None)
     if up_motors:
         judge = _next_diagnostic(desc, up[-1][0], (Screen, BeamPositionMonitor))
         if judge is not None:
-            out["m1"] = Stage(name="m1", motors=tuple(up_motors), diagnostic=judge, goal="centre")
+            lever = _lever(desc, judge, focusing) if focusing is not None else ()
+            out["m1"] = Stage(name="m1", motors=tuple(up_motors), diagnostic=judge,
+                              goal="centre", pointing=lever,
+                              pointing_planes=_planes([e for _, e in up]) if lever else ())
     if mono_i is not None:
         mono_motors = _motors(els[mono_i], ("pitch2", "roll2"))
         judge = _next_diagnostic(desc, mono_i, (BeamPositionMonitor, Screen))
         if mono_motors and judge is not None:
+            lever = _lever(desc, judge, focusing) if focusing is not None else ()
+            # pitch2 and roll2 only tilt the beam: 1 m on, where the BPM sits, the beam's
+            # height is the crystal gap's and M1's to set. With a far diagnostic the
+            # stage is judged by flux there and by pointing far away; without, by centring
             out["mono"] = Stage(name="mono", motors=tuple(mono_motors), diagnostic=judge,
-                                goal="centre")
-    after = [(i, e) for i, e in enumerate(els) if i > split]
+                                goal="flux" if lever else "centre", pointing=lever,
+                                pointing_planes=_planes([els[mono_i]]) if lever else ())
     slit_motors = [m for _, e in after if isinstance(e, Slits)
                    for m in _motors(e, ("hcen", "vcen"))]
     slit_i = next((i for i, e in after if isinstance(e, Slits)), None)

@@ -611,8 +611,8 @@ def demo(preset: str | None, seed: int, misalign: float, backend: str, rays: int
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @preset_option
 @click.option("--detector", default="detector", show_default=True,
-              help="Diagnostic whose signal the scan analyses (m1_screen, dcm_bpm, i0, sample, "
-                   "detector, ...), or xrf: the mounted specimen's fluorescence.")
+              help="Diagnostic whose signal the scan analyses (m1_screen, dcm_bpm, i0, kb_bpm, "
+                   "sample, detector, ...), or xrf: the mounted specimen's fluorescence.")
 @click.option("--signal", default="flux", show_default=True,
               help="Field of the detector: flux, x_um, y_um, fwhm_x_um or fwhm_y_um.")
 @click.option("--goto", type=click.Choice(["cen", "com", "max", "min"]), default=None,

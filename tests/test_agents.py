@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from dataclasses import replace
 
 import gymnasium as gym
 import numpy as np
@@ -80,12 +81,67 @@ def test_a_bright_spot_with_one_axis_too_wide_does_not_look_aligned(desc):
 
 
 def test_centre_goal_penalises_an_offset_beam(desc):
-    obj = Objective(stage(desc, "mono"), REF)
+    st = stage(desc, "m1")
+    obj = Objective(st, REF, {d: REF for d in st.pointing})
     off = obj.judge_stats(BeamStats(flux=1e13, centroid_x_um=0.0, centroid_y_um=1.0,
                                     fwhm_x_um=1.0, fwhm_y_um=0.1))
     assert off.offset_um == pytest.approx(1.0)
     assert not off.success and off.fom < 0.2
     assert Objective.loss(0.0) == pytest.approx(-math.log(1e-6))
+
+
+def test_upstream_stages_are_pointed_at_the_focusing_optics(desc):
+    st = stages(desc)
+    assert st["m1"].pointing == ("kb_bpm",) and st["m1"].pointing_planes == ("x",)
+    assert st["mono"].pointing == ("kb_bpm",) and st["mono"].pointing_planes == ("x", "y")
+    # the DCM's pitch and roll only tilt the beam: judged by flux near, pointing far
+    assert st["mono"].goal == "flux" and st["m1"].goal == "centre"
+    assert st["kb"].pointing == () and st["slits"].pointing == ()
+    with pytest.raises(ConfigError, match="kb_bpm"):
+        Objective(st["m1"], REF)  # a pointed stage needs the far reference too
+
+
+def test_a_beam_centred_nearby_but_pointing_off_is_not_aligned(desc):
+    """Centred at the screen after M1, 100 um off at the KB: the one-screen criterion
+    called this aligned, and the KB clipped the beam."""
+    st = stage(desc, "m1")
+    far = BeamStats(flux=1e13, centroid_x_um=5.0, centroid_y_um=-3.0, fwhm_x_um=900.0,
+                    fwhm_y_um=300.0)
+    obj = Objective(st, REF, {"kb_bpm": far})
+    near = REF
+    on = obj.judge_stats(near, {"kb_bpm": far})
+    assert on.success and on.fom == pytest.approx(1.0) and on.pointing_um == (0.0,)
+    off = obj.judge_stats(near, {"kb_bpm": replace(far, centroid_x_um=105.0)})
+    assert not off.success and off.pointing_um == (100.0,)
+    assert off.fom == pytest.approx(1 / (1 + (100 / (2 * st.pointing_um)) ** 2))
+    # M1 deflects horizontally: a vertical offset there is not M1's to judge
+    assert obj.judge_stats(near, {"kb_bpm": replace(far, centroid_y_um=200.0)}).success
+    # just inside and just outside the tolerance
+    t = st.pointing_um
+    assert obj.judge_stats(near, {"kb_bpm": replace(far, centroid_x_um=5 + 0.99 * t)}).success
+    assert not obj.judge_stats(near, {"kb_bpm": replace(far, centroid_x_um=5 + 1.01 * t)}).success
+    # no beam far downstream: not aligned, and the figure drops
+    blind = obj.judge_stats(near, {"kb_bpm": BeamStats(flux=0.0)})
+    assert not blind.success and blind.fom < 1e-3 and math.isnan(blind.pointing_um[0])
+
+
+def test_a_stage_may_stop_when_the_criterion_holds_with_a_margin(desc):
+    """Errors outside the stage cap the figure below the agents' 0.95; the criterion
+    itself, met with a margin, still lets the stage stop (and only then)."""
+    st = stage(desc, "m1")
+    far = BeamStats(flux=1e13, centroid_x_um=0.0, centroid_y_um=0.0, fwhm_x_um=900.0,
+                    fwhm_y_um=300.0)
+    obj = Objective(st, REF, {"kb_bpm": far})
+    capped = replace(REF, flux=0.94e13)  # another element's error costs 6 %
+    j = obj.judge_stats(capped, {"kb_bpm": replace(far, centroid_x_um=10.0)})
+    assert j.fom < 0.95 and j.success and j.within_margin and j.looks_aligned(0.95, st.goal)
+    edge = obj.judge_stats(capped, {"kb_bpm": replace(far, centroid_x_um=0.9 * st.pointing_um)})
+    assert edge.success and not edge.within_margin and not edge.looks_aligned(0.95, st.goal)
+    dim = obj.judge_stats(replace(REF, flux=0.92e13), {"kb_bpm": far})
+    assert dim.success and not dim.within_margin
+    kb = Objective(stage(desc, "kb"), REF)
+    wide = kb.judge_stats(replace(REF, fwhm_x_um=1.07))  # inside 1.1, outside 1.05
+    assert wide.success and not wide.within_margin and not wide.looks_aligned(0.9, "focus")
 
 
 # --------------------------------------------------------------------------- environments
@@ -147,11 +203,11 @@ def test_vector_env_steps_a_batch_on_the_fast_twin():
     vec = gym.make_vec(agents.ENV_ID, num_envs=4, vectorization_mode="vector_entry_point",
                        stage="mono", rays=500, max_episode_steps=3)
     obs, info = vec.reset(seed=2)
-    assert obs.shape == (4, 7 + 2) and np.all(np.isfinite(obs))
+    assert obs.shape == (4, 7 + 2 + 2) and np.all(np.isfinite(obs))  # 2 pointing offsets
     seen_trunc = False
     for _ in range(4):
         obs, r, term, trunc, info = vec.step(np.zeros((4, 2)))
-        assert obs.shape == (4, 9) and r.shape == (4,)
+        assert obs.shape == (4, 11) and r.shape == (4,)
         seen_trunc |= bool(trunc.any())
     assert seen_trunc  # the step limit ends episodes; they reset on the next step
     obs2, _ = gym.make_vec(agents.ENV_ID, num_envs=4, vectorization_mode="vector_entry_point",
@@ -254,7 +310,7 @@ def test_bayesian_optimisation_warm_starts_from_earlier_data(desc, mono_refs):
     hidden = HiddenErrors.draw(desc, 1.0, 21)
     hidden = HiddenErrors({m: v for m, v in hidden.offsets.items() if m in st.motors})
     bl = TwinBeamline(desc, hidden=hidden, seed=21, rays=2000, disturbances=False)
-    prob = AlignmentProblem(bl, st, Objective(st, mono_refs.measured[st.diagnostic]),
+    prob = AlignmentProblem(bl, st, Objective.at(st, mono_refs.measured),
                             span=default_span(desc, st), budget=10)
     ideal = prob.to_u(hidden.ideal_positions(desc))
     agent = BayesOptAgent(warm_start=[(ideal, 1.0)], n_init=0)
@@ -277,7 +333,9 @@ def test_bayesian_optimisation_refits_its_hyperparameters_every_k_evaluations(de
     hidden = HiddenErrors({"dcm.pitch2": 12.0})
     bl = TwinBeamline(desc, hidden=hidden, seed=2, backend="fast", rays=1000, disturbances=False)
     ref = TwinBeamline(desc, seed=2, backend="fast", rays=1000, disturbances=False)
-    prob = AlignmentProblem(bl, st, Objective(st, ref.acquire().reading(st.diagnostic).stats),
+    ref_obs = ref.acquire()
+    prob = AlignmentProblem(bl, st, Objective.at(st, {d: ref_obs.reading(d).stats
+                                                      for d in st.diagnostics}),
                             span=default_span(desc, st), budget=14)
     BayesOptAgent(refit_every=every, stop_fom=2.0).run(prob, np.random.default_rng(0))
     model_steps = prob.evaluations - 1 - 3  # start, 3 Sobol points, then one per model step

@@ -312,7 +312,7 @@ def test_ophyd_devices_from_the_description(ioc, desc):
     assert devs.motors["kb_v.pitch"].limits == (desc.motor("kb_v.pitch").low,
                                                 desc.motor("kb_v.pitch").high)
     assert devs.machine.current.get() > 100
-    assert set(devs.diagnostics) == {"m1_screen", "dcm_screen", "dcm_bpm", "i0", "sample"}
+    assert set(devs.diagnostics) == {"m1_screen", "dcm_screen", "dcm_bpm", "i0", "kb_bpm", "sample"}
     m = devs.motors["kb_v.pitch"]
     p0 = m.position
     docs = []

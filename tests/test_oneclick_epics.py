@@ -257,7 +257,7 @@ def test_every_agent_runs_over_epics_unchanged(agent_name, ioc, epics, desc):
         st = stage(desc, "mono")
         refs = References.of(desc, BenchSettings(backend="fast", rays=5000), seed=0)
         start = bl.positions()
-        prob = AlignmentProblem(bl, st, Objective(st, refs.measured[st.diagnostic]),
+        prob = AlignmentProblem(bl, st, Objective.at(st, refs.measured),
                                 span=default_span(desc, st), budget=6, trial=f"epics-{agent_name}")
         res = run_trial(make_agent(agent_name), prob, seed=0)
         assert 1 <= res.evaluations <= 6 and res.error is None
