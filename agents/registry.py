@@ -10,6 +10,7 @@ from agents.harness import Agent
 from agents.model_based import ModelBasedAgent
 from agents.rl import HybridAgent, RLAgent
 from agents.separable import SeparableAgent
+from agents.steering import SteerAgent
 from twin.errors import UnknownNameError
 
 __all__ = ["AGENTS", "make_agent", "DEFAULT_AGENT"]
@@ -24,6 +25,7 @@ AGENTS: dict[str, Callable[[], Agent]] = {
     "rl": RLAgent,
     "hybrid": HybridAgent,
     "separable": SeparableAgent,
+    "steer": SteerAgent,
 }
 #: the best agent of the benchmark (docs/agents.md: most successes on kb and fewest evaluations
 #: among the successful, 100 % on m1, mono and slits),
