@@ -21,7 +21,7 @@ from agents.rl import TrainConfig, train
 
 #: per stage: what it takes to get a deployable policy on a 2-core CPU
 SETTINGS: dict[str, dict] = {
-    "mono": {"algo": "ppo", "timesteps": 100_000, "misalign": (0.5, 2.5)},
+    "mono": {"algo": "ppo", "timesteps": 200_000, "misalign": (0.5, 2.5)},
     "slits": {"algo": "ppo", "timesteps": 100_000, "misalign": (0.5, 2.5)},
     "m1": {"algo": "ppo", "timesteps": 100_000, "misalign": (0.5, 2.5)},
     "sample": {"algo": "ppo", "timesteps": 150_000, "max_step": 0.05, "misalign": (0.5, 2.5)},
