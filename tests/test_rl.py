@@ -53,7 +53,7 @@ def test_every_algorithm_trains_and_saves_policy_with_its_metadata(tiny_policies
     doc = rep.to_dict()
     assert set(doc) >= {"stage", "algo", "timesteps", "seed", "wall_s", "policy", "eval"}
     pol = load_policy(rep.policy)
-    n = len(OBS_FEATURES) + 2
+    n = len(OBS_FEATURES) + 2 + 2  # readings, the pointing at kb_bpm (x, y), two motors
     a = pol.act(np.zeros(n), np.ones(n))
     assert a.shape == (2,) and np.all(np.abs(a) <= 1.0)
 
@@ -83,7 +83,7 @@ def test_train_config_refuses_bad_settings():
 def test_sb3_adapter_resets_in_the_same_step_and_reports_the_ending():
     venv = Sb3AlignVecEnv(AlignVecEnv(3, stage="mono", rays=100, max_steps=2), seed=5)
     x = venv.reset()
-    n = len(OBS_FEATURES) + 2
+    n = len(OBS_FEATURES) + 2 + 2  # readings, the pointing at kb_bpm (x, y), two motors
     assert x.shape == (3, 2 * n)
     np.testing.assert_array_equal(x[:, n:], 0.0)  # no change yet after a reset
     venv.step_async(np.zeros((3, 2)))
