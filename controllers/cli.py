@@ -563,7 +563,8 @@ def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, nu
 @click.option("--rays", type=int, default=20_000, show_default=True, help="Rays per trace.")
 @click.option("--disturbances/--no-disturbances", default=True, show_default=True,
               help="Drift, vibration, gap-dependent source, ring decay and top-up.")
-@click.option("--agent", default=None, help="Agent for every stage [default: separable].")
+@click.option("--agent", default=None,
+              help="Agent for every stage [default: the best of the benchmark, steer].")
 @click.option("--stages", default=None, metavar="S1,S2",
               help="Stages in order [default: m1,mono,slits,kb,sample].")
 @click.option("--budget", type=int, default=100, show_default=True,

@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--backend", default="xrt", choices=["xrt", "fast"])
     ap.add_argument("--rays", type=int, default=5000)
-    ap.add_argument("--agent", default="separable")
+    ap.add_argument("--agent", default="steer")
     ap.add_argument("--budget", type=int, default=100)
     ap.add_argument("--out", default=None, help="Folder for the runs' files [temporary].")
     ap.add_argument("--doc", default="oneclick_epics.json",

@@ -241,7 +241,7 @@ def test_command_line_dry_run_and_errors(ioc, desc):
 
 
 @pytest.mark.parametrize("agent_name", ["scan", "nm", "random", "bo", "model", "rl", "hybrid",
-                                        "separable"])
+                                        "separable", "steer"])
 def test_every_agent_runs_over_epics_unchanged(agent_name, ioc, epics, desc):
     """The agents of issue 4 drive the EPICS beamline through the same protocol (a short
     budget on the mono stage: this is about running unchanged, not about converging)."""
