@@ -93,12 +93,22 @@ class NelderMeadAgent:
     xatol, fatol : float
         Convergence tolerances (agent units; loss).
     stop_fom : float
+    stop_within_margin : bool
+        Also stop where the success criterion holds on the measurement with a margin
+        (``Judgement.within_margin``), as the refining agents do.
+    idle_restarts : int, optional
+        Stop after this many restarts in a row that did not raise the best figure of
+        merit by 1 % (None: restart until the budget is spent, the baseline's way).
+        Where errors outside the stage cap the figure below ``stop_fom``, restarting
+        only spends beam time.
     """
 
     initial_step: float = 0.4
     xatol: float = 0.01
     fatol: float = 0.02
     stop_fom: float = STOP_FOM
+    stop_within_margin: bool = False
+    idle_restarts: int | None = None
     name: str = "nm"
 
     def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray:
@@ -109,16 +119,24 @@ class NelderMeadAgent:
         """Search from an evaluation already made (other agents refine with it)."""
         best: list[Evaluation] = [start]
 
+        def done() -> bool:
+            return best[0].fom >= self.stop_fom or (self.stop_within_margin
+                                                     and best[0].judgement.within_margin)
+
         def fun(u: np.ndarray) -> float:
-            if best[0].fom >= self.stop_fom or not _can_evaluate(problem):
+            if done() or not _can_evaluate(problem):
                 raise _Stop
             ev = problem.evaluate(u)
-            if ev.fom > best[0].fom:
+            if ev.fom > best[0].fom or (self.stop_within_margin and ev.judgement.within_margin):
                 best[0] = ev
             return ev.loss
 
         step = self.initial_step
-        while best[0].fom < self.stop_fom and _can_evaluate(problem):
+        idle = 0
+        while not done() and _can_evaluate(problem):
+            if self.idle_restarts is not None and idle > self.idle_restarts:
+                break
+            before = best[0].fom
             x0 = np.clip(best[0].u, -1 + step, 1 - step)
             simplex = np.vstack([x0] + [x0 + step * e for e in np.eye(problem.dim)])
             try:
@@ -127,6 +145,7 @@ class NelderMeadAgent:
                                   "fatol": self.fatol, "maxfev": problem.remaining})
             except _Stop:
                 break
+            idle = idle + 1 if best[0].fom <= 1.01 * before else 0
             step = max(0.05, step * 0.5)  # restart smaller around the best point
         return best[0].u.copy()
 

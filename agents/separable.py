@@ -163,14 +163,15 @@ class SeparableSimplex:
 def refine(problem: AlignmentProblem, start: Evaluation, desc: BeamlineDescription | None, *,
            stop_fom: float, initial_step: float) -> np.ndarray:
     """Local refinement from *start*: one simplex per focusing plane where the stage is
-    separable (:func:`focusing_planes`), one Nelder-Mead simplex over every motor elsewhere.
-    Returns the chosen point."""
+    separable (:func:`focusing_planes`), one Nelder-Mead simplex over every motor elsewhere
+    (stopping where the criterion holds with a margin, or after a restart that gained
+    nothing). Returns the chosen point."""
     planes = focusing_planes(desc, problem.stage) if desc is not None else None
     if planes is not None:
         return SeparableSimplex(initial_step=initial_step, stop_fom=stop_fom).continue_from(
             problem, start, planes)
-    return NelderMeadAgent(initial_step=initial_step, stop_fom=stop_fom).continue_from(
-        problem, start)
+    return NelderMeadAgent(initial_step=initial_step, stop_fom=stop_fom, stop_within_margin=True,
+                           idle_restarts=1).continue_from(problem, start)
 
 
 @dataclass
