@@ -9,7 +9,9 @@ restarts at full size around the best point (``tr_restarts`` times). Steps there
 local, as on a beamline they should, while the first box spans half the search
 range. The flux constraint is part of the figure of merit (a beam below 90 % of
 the reference flux is penalised by the fourth power), so the model learns where
-it holds. Data from earlier runs (``warm_start``) seeds the model.
+it holds. Data from earlier runs (``warm_start``) seeds the model, and the best
+earlier point is measured first: on a beamline aligned before, that is where it
+most likely is aligned again.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ class BayesOptAgent:
     stop_fom : float
         Stop when the figure of merit reaches this.
     warm_start : list of (ndarray, float)
-        ``(u, fom)`` pairs from earlier runs, in this problem's agent coordinates.
+        ``(u, fom)`` pairs from earlier runs, in this problem's agent coordinates. The
+        best of them is measured right after the start.
     restarts, raw_samples : int
         Acquisition optimiser settings.
     tr_restarts : int
@@ -103,6 +106,11 @@ class BayesOptAgent:
                 return True
             return False
 
+        if self.warm_start and not done():
+            # an earlier run's optimum is where this beamline most likely is aligned again:
+            # measure it first, and search around it if it is better than the start
+            u_prev = max(self.warm_start, key=lambda p: p[1])[0]
+            ingest(problem.evaluate(np.clip(np.asarray(u_prev, float), -1.0, 1.0)))
         n_init = self.n_init if self.n_init is not None else d + 1
         sobol = SobolEngine(d, scramble=True, seed=torch_gen)
         for p in (sobol.draw(n_init).double().numpy() if n_init > 0 else []):
