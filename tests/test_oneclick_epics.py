@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
+from agents.registry import DEFAULT_AGENT
 from controllers.epics_beamline import EpicsBeamline, EpicsConfig
 from controllers.nexus import validate
 from controllers.pvnames import PvMap
@@ -62,7 +63,7 @@ def test_one_click_alignment_over_epics(ioc, epics, desc, tmp_path):
         np.testing.assert_array_equal(pts, np.arange(1, len(pts) + 1))
         fom = f["entry/data/fom"][()]
         assert fom[-1] > 0.5 and np.all(np.isfinite(fom))
-        assert f["entry/program/agent"][()] == b"separable"
+        assert f["entry/program/agent"][()] == DEFAULT_AGENT.encode()
         assert "before_sample" in f["entry"] and "after_sample" in f["entry"]
         assert f["entry/instrument/m1.pitch/value"].shape == (len(pts),)
     import nexusformat.nexus as nx
