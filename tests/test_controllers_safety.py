@@ -314,7 +314,7 @@ def test_ophyd_devices_from_the_description(ioc, desc):
     assert devs.machine.current.get() > 100
     assert set(devs.diagnostics) == {"m1_screen", "dcm_screen", "dcm_bpm", "i0", "kb_bpm", "sample"}
     m = devs.motors["kb_v.pitch"]
-    p0 = m.position
+    p0 = m.user_readback.get()  # a get: .position waits on the first monitor update
     docs = []
     RE = RunEngine({})
     RE(scan([devs.detector, devs.diagnostics["sample"]], m, p0 - 2, p0 + 2, 3),
