@@ -18,7 +18,8 @@ gives the smallest move. A step that makes the residuals worse is halved once,
 then the steering stops. It ignores flux and size; :class:`SteerAgent`
 therefore searches the motors steering left alone (a simplex on them only),
 then hands over to the separable refinement if the stage still does not look
-aligned.
+aligned. A focusing stage has nothing to steer; :class:`SteerAgent` focuses it
+with the benders first (:mod:`agents.bender_focus`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agents.bender_focus import BenderFocus
 from agents.objective import Objective
 from agents.problem import AlignmentProblem, Evaluation
-from agents.separable import nelder_mead, refine
+from agents.separable import SeparableSimplex, focusing_planes, nelder_mead, refine
 
 __all__ = ["ResponseSteering", "SteerAgent"]
 
@@ -165,8 +167,11 @@ class SteerAgent:
     """Response-matrix steering for the stages that place the beam, then the separable
     refinement (one simplex per focusing plane on a KB pair, Nelder-Mead elsewhere).
 
-    On a stage judged by flux or focus alone (no positions to null) it is the
-    ``separable`` agent.
+    A focusing stage (a KB pair: nothing to steer) is focused the way beamline staff
+    do it, with each mirror's bender and then a pitch trim
+    (:class:`~agents.bender_focus.BenderFocus`), and refined with one simplex per
+    plane if it does not look aligned after that. Another stage with nothing to
+    steer (judged by flux alone) gets the ``separable`` agent's search.
 
     Parameters
     ----------
@@ -176,12 +181,15 @@ class SteerAgent:
         Simplex size of the refinement from the start, agent units.
     refine_step : float
         Simplex size of the refinement after steering (it starts close).
+    focus_refine_step : float
+        Simplex size of the refinement after the bender focus.
     stop_fom : float
     """
 
     probe: float = 0.05
     initial_step: float = 0.4
     refine_step: float = 0.05
+    focus_refine_step: float = 0.1
     stop_fom: float = 0.95
     name: str = "steer"
 
@@ -194,9 +202,16 @@ class SteerAgent:
         best = steering.run_from(problem, start)
         if best.judgement.looks_aligned(self.stop_fom, goal) or problem.remaining <= 1:
             return best.u.copy()
-        if best is start:  # nothing was steered: the separable agent's search
-            return refine(problem, start, desc, stop_fom=self.stop_fom,
-                          initial_step=self.initial_step)
+        if best is start:  # nothing to steer: a focus
+            planes = focusing_planes(desc, problem.stage) if desc is not None else None
+            if planes is None:
+                return refine(problem, start, desc, stop_fom=self.stop_fom,
+                              initial_step=self.initial_step)
+            best = BenderFocus(stop_fom=self.stop_fom).continue_from(problem, start, planes)
+            if best.judgement.looks_aligned(self.stop_fom, goal) or problem.remaining <= 1:
+                return best.u.copy()
+            return SeparableSimplex(initial_step=self.focus_refine_step,
+                                    stop_fom=self.stop_fom).continue_from(problem, best, planes)
         if steering.unsteered:  # first what steering left alone (a sample's focus, a bender)
             best = _simplex_on(problem, best, steering.unsteered, self.initial_step / 2,
                                self.stop_fom)

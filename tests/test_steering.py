@@ -71,3 +71,37 @@ def test_steering_without_positions_to_null_is_the_separable_search(desc, settin
     start = prob.observe_start()
     assert ResponseSteering().run_from(prob, start) is start
     assert prob.evaluations == 1
+
+
+def test_the_vertex_of_a_parabola_and_its_guards():
+    from agents.bender_focus import vertex
+
+    x = np.array([-1.0, 0.0, 1.0])
+    assert vertex(x, (x - 0.3) ** 2 + 2.0, 1.0) == pytest.approx(0.3)
+    # opening downwards or flat: towards the lowest point, two steps beyond at most
+    assert vertex(x, np.array([1.0, 2.0, 3.0]) * -1.0, 1.0) == pytest.approx(3.0)
+    assert vertex(x, np.array([1.0, 1.0, 1.0]), 1.0) == pytest.approx(0.0)
+    assert vertex(x, (x - 9.0) ** 2, 1.0) == pytest.approx(3.0)  # clipped
+
+
+def test_the_bender_focus_finds_a_kb_focus_that_a_pitch_error_hides(desc, settings):
+    """A KB-V pitch error that the bender alone cannot hide (1.5x at the best bend):
+    focus, then trim the pitch, then focus again."""
+    from agents.bender_focus import BenderFocus
+    from agents.separable import focusing_planes
+
+    st = stage(desc, "kb")
+    refs = References.of(desc, settings, seed=3)
+    hidden = HiddenErrors({"kb_v.pitch": 8.0, "kb_v.bend": 0.6, "kb_h.bend": -2.0})
+    bl = TwinBeamline(desc, hidden=hidden, seed=3, backend="fast", rays=3000,
+                      disturbances=False)
+    prob = AlignmentProblem(bl, st, Objective.at(st, refs.measured),
+                            span=default_span(desc, st), budget=60)
+    start = prob.observe_start()
+    assert start.judgement.fwhm_y_ratio > 3
+    best = BenderFocus().continue_from(prob, start, focusing_planes(desc, st))
+    assert best.judgement.fwhm_y_ratio < 1.1 and best.judgement.fwhm_x_ratio < 1.1
+    assert prob.evaluations <= 45
+    prob.finish(best.u)
+    truth = Objective.at(st, refs.true).judge(bl.ground_truth())
+    assert truth.success, truth
