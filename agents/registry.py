@@ -27,10 +27,10 @@ AGENTS: dict[str, Callable[[], Agent]] = {
     "separable": SeparableAgent,
     "steer": SteerAgent,
 }
-#: the best agent of the benchmark, used when none is named (docs/agents.md): on kb it is the
-#: separable search (the most successes there, with the fewest evaluations among them); on
-#: m1 and mono it steers with a response matrix, 100 % in 5-6 evaluations against 24-28 for
-#: a simplex; and it aligned the whole beamline in 4 of 5 one-click runs on xrt (separable: 2)
+#: the best agent of the benchmark, used when none is named (docs/agents.md): on kb 90 % with
+#: a median of 26 evaluations (bender focus and pitch trims; next best 80 %, 38); on m1 and
+#: mono it steers with a response matrix, 100 % in 5-6 evaluations against 22-26 for a
+#: simplex; and it aligned the whole beamline in 5 of 5 one-click runs on xrt (separable: 1)
 DEFAULT_AGENT = "steer"
 
 
