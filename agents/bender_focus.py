@@ -32,6 +32,10 @@ from agents.problem import AlignmentProblem, Evaluation
 __all__ = ["BenderFocus", "vertex"]
 
 
+class _Done(Exception):
+    """The stage looks aligned, or the budget allows only the final measurement."""
+
+
 def vertex(x: np.ndarray, y: np.ndarray, step: float) -> float:
     """The minimum of the parabola through three points (x sorted, equally spaced by
     *step*); towards the lowest point, at most two steps beyond it, where the
@@ -77,9 +81,6 @@ class BenderFocus:
         if not all({"pitch", "bend"} <= set(a) for a in axes.values()):
             return start
         best = start
-
-        class _Done(Exception):
-            pass
 
         def size2(ev: Evaluation, plane: str) -> float:
             s = ev.observation.reading(diag).stats

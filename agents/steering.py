@@ -24,7 +24,7 @@ with the benders first (:mod:`agents.bender_focus`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -92,13 +92,15 @@ class ResponseSteering:
 
     #: motors whose response column is below this fraction of the largest do not steer
     weak: float = 0.05
+    #: after :meth:`run_from`: indices of the motors that hardly move any residual
+    unsteered: list[int] = field(default_factory=list, init=False)
 
     def run_from(self, problem: AlignmentProblem, start: Evaluation) -> Evaluation:
         """Steer from *start*; returns the best evaluation (residual norm, then figure).
 
         Afterwards :attr:`unsteered` holds the indices of the motors that hardly move
         any residual (a bender, a sample's z): what is left for a refinement."""
-        self.unsteered: list[int] = []
+        self.unsteered = []
         obj = problem.objective
         goal = problem.stage.goal
         r0 = obj.residuals(start.observation)
