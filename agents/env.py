@@ -58,7 +58,7 @@ from twin.description import BeamlineDescription
 from twin.disturbances import SourcePerturbation, draw_source
 from twin.errors import ConfigError, NonFiniteError
 from twin.hidden import HiddenErrors
-from twin.observation import BeamStats
+from twin.observation import STAT_KEYS, BeamStats
 from twin.presets import at_energy, load_preset
 from twin.simulator import TwinBeamline
 from twin.tracer import Twin
@@ -257,6 +257,11 @@ def observation_vector(j: Judgement, s: BeamStats, ref: BeamStats, u: np.ndarray
     return np.concatenate(parts)
 
 
+def _row(out: dict[str, np.ndarray], r: int) -> BeamStats:
+    """Row *r* of one diagnostic's batched readings (the fast twin's ``to_numpy``)."""
+    return BeamStats(**{q: float(out[q][r]) if q in out else math.nan for q in STAT_KEYS})
+
+
 def _reward(fom_new: float, fom_old: float) -> float:
     return float(math.log(fom_new + _EPS) - math.log(fom_old + _EPS))
 
@@ -403,7 +408,6 @@ class _Variant:
     x0: np.ndarray
     ref: BeamStats
     objective: Objective
-    ref_all: dict[str, BeamStats]
 
 
 class AlignVecEnv(gym.vector.VectorEnv):
@@ -472,8 +476,7 @@ class AlignVecEnv(gym.vector.VectorEnv):
         refs = {d: BeamStats(**{k: float(v[0]) for k, v in ideal[d].items()})
                 for d in self.stage.diagnostics}
         ref = refs[self.stage.diagnostic]
-        return _Variant(desc, ft, design_t, lo, hi, x0, ref, Objective.at(self.stage, refs),
-                        refs)
+        return _Variant(desc, ft, design_t, lo, hi, x0, ref, Objective.at(self.stage, refs))
 
     # ------------------------------------------------------------------ helpers
     def _draw(self, i: int) -> None:
@@ -493,8 +496,6 @@ class AlignVecEnv(gym.vector.VectorEnv):
     def _observe(self, idx: np.ndarray | None = None) -> tuple[np.ndarray, list[Judgement]]:
         """Observations and judgements of sub-environments *idx* (default: all), in order."""
         idx = np.arange(self.num_envs) if idx is None else np.asarray(idx, dtype=int)
-        keys = ("flux", "centroid_x_um", "centroid_y_um", "fwhm_x_um", "fwhm_y_um",
-                "rms_x_um", "rms_y_um")
         stats: dict[int, BeamStats] = {}
         far: dict[int, dict[str, BeamStats]] = {}
         images: dict[int, np.ndarray] = {}
@@ -509,13 +510,9 @@ class AlignVecEnv(gym.vector.VectorEnv):
             src = self._source[sel] if self.config.p_source > 0 else None
             with torch.no_grad():
                 every = v.ft.to_numpy(v.ft.observe(pos, self._hidden[sel], source=src))
-            out = every[self.stage.diagnostic]
             for r, i in enumerate(sel):
-                stats[int(i)] = BeamStats(**{q: float(out[q][r]) if q in out else math.nan
-                                             for q in keys})
-                far[int(i)] = {d: BeamStats(**{q: float(every[d][q][r]) if q in every[d]
-                                               else math.nan for q in keys})
-                               for d in self.stage.pointing}
+                stats[int(i)] = _row(every[self.stage.diagnostic], r)
+                far[int(i)] = {d: _row(every[d], r) for d in self.stage.pointing}
             if n:
                 det = v.desc.detector
                 with torch.no_grad():
