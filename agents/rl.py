@@ -495,8 +495,8 @@ class RLAgent:
                               f"{pol.metadata['motors']}, stage {st.name!r} has "
                               f"{list(st.motors)}; train one for this beamline with "
                               f"`beamtwin train --stage {st.name} --preset FILE`")
-        n_image = int(pol.metadata["config"].get("image_pixels", 0)) ** 2
-        expected = 2 * (len(OBS_FEATURES) + len(st.pointing_terms) + st.dof + n_image)
+        n = int(pol.metadata["config"].get("image_pixels", 0))
+        expected = 2 * AlignConfig(image_pixels=n).obs_length(st)  # [obs_t, obs_t - obs_t-1]
         got = int(np.prod(pol.model.observation_space.shape))
         if got != expected:
             raise ConfigError(f"policy {path.name!r} observes {got} features, stage "

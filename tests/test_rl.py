@@ -150,3 +150,14 @@ def test_hybrid_refines_after_the_learned_steps(desc, fast_settings):
     res = stage_trial(desc, "slits", HybridAgent(rl_steps=2), seed=7, settings=fast_settings)
     assert res.agent == "hybrid" and res.evaluations <= fast_settings.budget
     assert res.success
+
+
+def test_a_policy_whose_observation_does_not_fit_the_stage_is_refused(desc):
+    """The shipped m1 policy observes the pointing at kb_bpm; on a beamline whose m1 stage
+    has no such lever, it is refused before anything moves, with what to do about it."""
+    import dataclasses
+
+    st = dataclasses.replace(stage(desc, "m1"), pointing=(), pointing_planes=())
+    with pytest.raises(ConfigError, match="observes .* features.*retrain"):
+        RLAgent().check(st)
+    RLAgent().check(stage(desc, "m1"))  # the stage it was trained for
