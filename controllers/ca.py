@@ -32,6 +32,10 @@ __all__ = ["CaError", "DisconnectedError", "PutTimeoutError", "PvNotFoundError",
 
 log = logging.getLogger(__name__)
 
+#: shortest timeout of a get or put, s: a caller's deadline that has just passed still gets
+#: one brief try (and pyepics no timeout <= 0, which it only warns about)
+MIN_TIMEOUT_S = 0.05
+
 
 class CaError(BeamtwinError, RuntimeError):
     """A Channel Access operation that failed (root of the CA errors)."""
@@ -139,7 +143,8 @@ class Channels:
             If the PV is not connected or does not answer within *timeout*.
         """
         p = self.pv(name)
-        t = self.timeout if timeout is None else timeout
+        # a caller's deadline may already have passed: still ask once, briefly
+        t = max(self.timeout if timeout is None else timeout, MIN_TIMEOUT_S)
         if not p.connected and not p.wait_for_connection(timeout=t):
             raise DisconnectedError(f"PV {name} is not connected")
         value = p.get(timeout=t, as_string=as_string, use_monitor=not fresh)
@@ -182,7 +187,7 @@ class Channels:
         if isinstance(value, float) and not math.isfinite(value):
             raise SafetyError(f"write of {value!r} to PV {name} refused: not a finite number")
         p = self.pv(name)
-        t = self.timeout if timeout is None else timeout
+        t = max(self.timeout if timeout is None else timeout, MIN_TIMEOUT_S)
         if not p.connected and not p.wait_for_connection(timeout=min(t, self.timeout)):
             raise DisconnectedError(f"write to PV {name} failed: it is not connected")
         rc = p.put(value, wait=wait, timeout=t, use_complete=use_complete)
