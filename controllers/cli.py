@@ -339,6 +339,14 @@ align_options = [
 ]
 
 
+#: where a beamline served over EPICS is found (align --epics, scan --epics)
+epics_name_options = [
+    click.option("--prefix", default="BT:", show_default=True, help="PV prefix (with --epics)."),
+    click.option("--mapping", type=click.Path(dir_okay=False), default=None,
+                 help="PV mapping file for other PV names (TOML; with --epics)."),
+]
+
+
 def _with(options):
     def deco(fn):
         for opt in reversed(options):
@@ -357,9 +365,7 @@ def _with(options):
 @click.option("--epics", is_flag=True, help="Align the beamline served over EPICS under "
               "--prefix (a live or simulated IOC) instead of a simulated one; --misalign, "
               "--rays, --backend and --noise then do not apply.")
-@click.option("--prefix", default="BT:", show_default=True, help="PV prefix (with --epics).")
-@click.option("--mapping", type=click.Path(dir_okay=False), default=None,
-              help="PV mapping file for other PV names (TOML; with --epics).")
+@_with(epics_name_options)
 @click.option("--out", type=click.Path(file_okay=False), default="beamtwin-align",
               show_default=True, help="Folder for the NeXus file and the report (with --epics).")
 @click.option("--dry-run", is_flag=True, help="Only connect and check limits, search boxes "
@@ -636,9 +642,7 @@ def demo(preset: str | None, seed: int, misalign: float, backend: str, rays: int
               help="Rays per trace (not with --epics).")
 @click.option("--epics", is_flag=True, help="Scan the beamline served over EPICS under "
               "--prefix instead of a simulated one.")
-@click.option("--prefix", default="BT:", show_default=True, help="PV prefix (with --epics).")
-@click.option("--mapping", type=click.Path(dir_okay=False), default=None,
-              help="PV mapping file for other PV names (with --epics).")
+@_with(epics_name_options)
 @click.option("--out", type=click.Path(file_okay=False), default="beamtwin-scans",
               show_default=True, help="Folder for the NeXus file and the plot.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
