@@ -39,11 +39,21 @@ def random_states(desc: BeamlineDescription, n: int, seed: int, *, spread: float
     carry hidden errors on them (each such state needs new source rays); the others
     share the design source, as the states of one alignment run do."""
     rng = np.random.default_rng([0x58434B, seed])
+    # the ring's knobs at the source from a stream of their own (the beamline's
+    # motors draw what they drew before the knobs existed)
+    knob_rng = np.random.default_rng([0x4B4E4F42, seed])
+    knobs = desc.knob_motors()
     out = []
     for i in range(n):
         move_source = rng.random() < source_fraction
         pos = {}
+        for name in sorted(knobs):
+            m = desc.motor(name)
+            pos[name] = float(np.clip(m.position + spread * 0.01 * (m.high - m.low)
+                                      * knob_rng.standard_normal(), m.low, m.high))
         for name, m in desc.motors.items():
+            if name in knobs:
+                continue
             if name.split(".")[1] in _SOURCE_AXES and not move_source:
                 continue
             sigma = m.misalign_sigma or 0.01 * (m.high - m.low)

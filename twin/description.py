@@ -155,7 +155,7 @@ class MotorSpec:
 
     @property
     def quantity(self) -> Quantity:
-        """``"length"`` or ``"angle"``."""
+        """``"length"``, ``"angle"`` or ``"ratio"``."""
         return quantity_of(self.units)
 
     def validate(self, where: str) -> None:
@@ -332,7 +332,17 @@ class Undulator(Element):
     """
 
     kind: ClassVar[str] = "undulator"
-    AXES: ClassVar[dict[str, Quantity]] = {"gap": "length"}
+    #: ``gap`` is the undulator's; the others are the storage ring's knobs at this
+    #: source point, optional: a local orbit bump (position ``bump_x``/``bump_y``,
+    #: angle ``bump_xp``/``bump_yp``) and a coupling knob (``coupling``, the relative
+    #: change of the vertical emittance, which the horizontal gives up)
+    AXES: ClassVar[dict[str, Quantity]] = {
+        "gap": "length", "bump_x": "length", "bump_xp": "angle", "bump_y": "length",
+        "bump_yp": "angle", "coupling": "ratio"}
+    #: the ring's knobs: no hidden offset (an orbit bump is zero by definition of the
+    #: ring's BPMs), never part of an alignment stage
+    KNOB_AXES: ClassVar[frozenset[str]] = frozenset(
+        {"bump_x", "bump_xp", "bump_y", "bump_yp", "coupling"})
     REQUIRED_AXES: ClassVar[frozenset[str]] = frozenset({"gap"})
 
     period_mm: float
@@ -369,6 +379,17 @@ class Undulator(Element):
     def sigma_yp_urad(self) -> float:
         """Electron rms divergence, vertical, urad."""
         return math.sqrt(self.emittance_y_pm * 1e-12 / self.beta_y_m) * 1e6
+
+    def coupling_scales(self, coupling: float) -> tuple[float, float]:
+        """Source-size multipliers ``(x, y)`` for a coupling-knob setting.
+
+        The knob moves emittance between the planes: the vertical emittance grows
+        by the ratio *coupling* and the horizontal loses as much (their sum is
+        fixed); sizes go as the square root of the emittances.
+        """
+        ey = self.emittance_y_pm * coupling
+        sx = math.sqrt(max(1e-6, 1.0 - ey / self.emittance_x_pm))
+        return sx, math.sqrt(max(1e-6, 1.0 + coupling))
 
     POSITIVE: ClassVar[tuple[str, ...]] = (
         "period_mm", "electron_energy_GeV", "current_mA", "emittance_x_pm", "emittance_y_pm",
@@ -817,6 +838,12 @@ class SourceGapDependence:
         Relative source-size change, percent.
     hysteresis : float
         Fraction of each amplitude that flips sign with the gap direction.
+    neighbour_scale : float
+        The neighbouring insertion device's gap perturbs this source too (through
+        the closed orbit and the coupling of the ring): its own seeded shapes, with
+        amplitudes this fraction of the ones above. 0 switches it off.
+    neighbour_gap_low_mm, neighbour_gap_high_mm, neighbour_gap_mm : float
+        The neighbour's gap range and its gap at rest, mm (no change there).
     """
 
     enabled: bool = True
@@ -827,6 +854,10 @@ class SourceGapDependence:
     size_x_pct: float = 2.0
     size_y_pct: float = 3.0
     hysteresis: float = 0.15
+    neighbour_scale: float = 0.3
+    neighbour_gap_low_mm: float = 6.0
+    neighbour_gap_high_mm: float = 30.0
+    neighbour_gap_mm: float = 12.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -940,6 +971,12 @@ class BeamlineDescription:
         """All motors, ``element.axis`` -> spec, in beam order (a read-only view)."""
         return MappingProxyType(self._motor_table)
 
+    def knob_motors(self) -> frozenset[str]:
+        """Motors that are the storage ring's knobs at the source, not the beamline's
+        (see :attr:`Undulator.KNOB_AXES`): no hidden errors, in no alignment stage."""
+        return frozenset(f"{e.name}.{m.axis}" for e in self.elements if isinstance(e, Undulator)
+                         for m in e.motors if m.axis in Undulator.KNOB_AXES)
+
     def motor(self, name: str) -> MotorSpec:
         """The motor called ``element.axis``.
 
@@ -1003,6 +1040,13 @@ class BeamlineDescription:
         for k in ("position_x_um", "position_y_um", "pointing_x_urad", "pointing_y_urad",
                   "size_x_pct", "size_y_pct"):
             _non_negative(getattr(sg, k), f"disturbances.source_gap.{k}")
+        _non_negative(sg.neighbour_scale, "disturbances.source_gap.neighbour_scale")
+        if not sg.neighbour_gap_low_mm <= sg.neighbour_gap_mm <= sg.neighbour_gap_high_mm or \
+                not sg.neighbour_gap_low_mm < sg.neighbour_gap_high_mm:
+            raise ConfigError(
+                "disturbances.source_gap needs neighbour_gap_low_mm <= neighbour_gap_mm <= "
+                f"neighbour_gap_high_mm (low < high), got {sg.neighbour_gap_low_mm}, "
+                f"{sg.neighbour_gap_mm}, {sg.neighbour_gap_high_mm}")
         if not 0 <= sg.hysteresis <= 1:
             raise ConfigError(
                 f"disturbances.source_gap.hysteresis must lie in [0, 1], got {sg.hysteresis}")

@@ -138,6 +138,9 @@ class DisturbanceModel:
         grng = np.random.default_rng([_GAP_STREAM, self._seed])
         self._gap_shapes = {k: (grng.normal(0, 1, 3), grng.uniform(0, 2 * np.pi, 3))
                             for k in ("dx", "dy", "dxp", "dyp", "sx", "sy")}
+        # the neighbouring insertion device's own shapes, drawn after this one's
+        self._gap_shapes.update({"n" + k: (grng.normal(0, 1, 3), grng.uniform(0, 2 * np.pi, 3))
+                                 for k in ("dx", "dy", "dxp", "dyp", "sx", "sy")})
         self._gap_norm = {k: self._shape_peak(k) for k in self._gap_shapes}
         self._gap_motor = next((f"{e.name}.gap" for e in desc.elements
                                 if isinstance(e, Undulator)), None)
@@ -153,6 +156,18 @@ class DisturbanceModel:
         periods = cfg.period_s * np.array([1.0, 0.413, 0.171])
         arg = 2 * np.pi * time_s / periods + phases
         value = float(np.sum(weights * (np.sin(arg) - np.sin(phases))) / np.sum(weights))
+        return cfg.amplitudes[motor] * value
+
+    def drift_array(self, motor: str, times_s: np.ndarray) -> np.ndarray:
+        """:meth:`drift` at many times at once (motor units)."""
+        t = np.asarray(times_s, float)
+        cfg = self._cfg.thermal_drift
+        if not (self._enabled and cfg.enabled) or motor not in self._drift:
+            return np.zeros_like(t)
+        phases, weights = self._drift[motor]
+        periods = cfg.period_s * np.array([1.0, 0.413, 0.171])
+        arg = 2 * np.pi * t[:, None] / periods + phases
+        value = np.sum(weights * (np.sin(arg) - np.sin(phases)), axis=1) / np.sum(weights)
         return cfg.amplitudes[motor] * value
 
     def vibration(self, motor: str, time_s: float) -> float:
@@ -175,24 +190,45 @@ class DisturbanceModel:
         vals -= vals.mean()
         return float(np.max(np.abs(vals))) or 1.0
 
-    def source(self, gap_mm: float | None, gap_direction: int) -> SourcePerturbation:
+    def source(self, gap_mm: float | None, gap_direction: int,
+               neighbour_gap_mm: float | None = None,
+               neighbour_direction: int = 1) -> SourcePerturbation:
         """Source change at undulator gap *gap_mm* (mm) after a move in *gap_direction*.
 
         Smooth, non-linear in the gap (three harmonics with seeded amplitudes),
         peak-normalised to the configured amplitude, plus a hysteresis term
         ``h * direction * sin(pi u)`` that vanishes at the ends of the range.
+
+        With *neighbour_gap_mm*, the neighbouring insertion device's gap adds its
+        own change of the same form (its own shapes, ``neighbour_scale`` times the
+        amplitudes), its smooth part zero at its gap at rest.
         """
         cfg = self._cfg.source_gap
-        if not (self._enabled and cfg.enabled) or gap_mm is None or self._gap_motor is None:
+        if not (self._enabled and cfg.enabled) or self._gap_motor is None:
             return SourcePerturbation()
         m = self._desc.motor(self._gap_motor)
-        u = min(1.0, max(0.0, (gap_mm - m.low) / (m.high - m.low)))
+        own = self._one_source("", gap_mm, gap_direction, m.low, m.high, _design_u(m), 1.0)
+        if neighbour_gap_mm is None or cfg.neighbour_scale == 0:
+            return own
+        lo, hi = cfg.neighbour_gap_low_mm, cfg.neighbour_gap_high_mm
+        other = self._one_source("n", neighbour_gap_mm, neighbour_direction, lo, hi,
+                                 (cfg.neighbour_gap_mm - lo) / (hi - lo), cfg.neighbour_scale)
+        return combine_sources(own, other)
+
+    def _one_source(self, prefix: str, gap_mm: float | None, direction: int, low: float,
+                    high: float, u0: float, scale: float) -> SourcePerturbation:
+        if gap_mm is None:
+            return SourcePerturbation()
+        cfg = self._cfg.source_gap
+        u = min(1.0, max(0.0, (gap_mm - low) / (high - low)))
         h = cfg.hysteresis
-        sign = 1.0 if gap_direction >= 0 else -1.0
+        sign = 1.0 if direction >= 0 else -1.0
 
         def value(key: str, amplitude: float) -> float:
-            base = (self._shape(key, u) - self._shape(key, _design_u(m))) / self._gap_norm[key]
-            return amplitude * ((1.0 - h) * base + h * sign * math.sin(math.pi * u))
+            k = prefix + key
+            base = (self._shape(k, u) - self._shape(k, u0)) / self._gap_norm[k]
+            hyst = h * sign * math.sin(math.pi * u)
+            return scale * amplitude * ((1.0 - h) * base + hyst)
 
         return SourcePerturbation(
             dx_um=value("dx", cfg.position_x_um),
@@ -202,6 +238,51 @@ class DisturbanceModel:
             size_x_scale=1.0 + value("sx", cfg.size_x_pct) / 100.0,
             size_y_scale=1.0 + value("sy", cfg.size_y_pct) / 100.0,
         )
+
+    def source_array(self, gap_mm: np.ndarray, gap_direction: np.ndarray,
+                     neighbour_gap_mm: np.ndarray | None = None,
+                     neighbour_direction: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`source` for arrays of states at once, ``(n, 6)``.
+
+        Columns: dx_um, dy_um, dxp_urad, dyp_urad, size_x_scale - 1, size_y_scale - 1.
+        Both devices combine as in :meth:`source`: positions and pointing add, size
+        multipliers multiply.
+        """
+        gap = np.asarray(gap_mm, float)
+        out = np.zeros((gap.size, 6))
+        cfg = self._cfg.source_gap
+        if not (self._enabled and cfg.enabled) or self._gap_motor is None:
+            return out
+        m = self._desc.motor(self._gap_motor)
+        out += self._source_block("", gap, np.asarray(gap_direction, float), m.low, m.high,
+                                  _design_u(m), 1.0)
+        if neighbour_gap_mm is not None and cfg.neighbour_scale != 0:
+            lo, hi = cfg.neighbour_gap_low_mm, cfg.neighbour_gap_high_mm
+            nd = np.ones(gap.size) if neighbour_direction is None else np.asarray(
+                neighbour_direction, float)
+            other = self._source_block("n", np.asarray(neighbour_gap_mm, float), nd, lo, hi,
+                                       (cfg.neighbour_gap_mm - lo) / (hi - lo),
+                                       cfg.neighbour_scale)
+            out[:, :4] += other[:, :4]
+            out[:, 4:] = (1.0 + out[:, 4:]) * (1.0 + other[:, 4:]) - 1.0
+        return out
+
+    def _source_block(self, prefix: str, gap: np.ndarray, direction: np.ndarray, low: float,
+                      high: float, u0: float, scale: float) -> np.ndarray:
+        cfg = self._cfg.source_gap
+        u = np.clip((gap - low) / (high - low), 0.0, 1.0)
+        sign = np.where(direction >= 0, 1.0, -1.0)
+        h = cfg.hysteresis
+        k = np.arange(1, 4)
+        cols = []
+        for key, amp in (("dx", cfg.position_x_um), ("dy", cfg.position_y_um),
+                         ("dxp", cfg.pointing_x_urad), ("dyp", cfg.pointing_y_urad),
+                         ("sx", cfg.size_x_pct / 100.0), ("sy", cfg.size_y_pct / 100.0)):
+            amps, phases = self._gap_shapes[prefix + key]
+            shape = np.sum(amps / k * np.sin(k * np.pi * u[:, None] + phases), axis=1)
+            base = (shape - self._shape(prefix + key, u0)) / self._gap_norm[prefix + key]
+            cols.append(scale * amp * ((1.0 - h) * base + h * sign * np.sin(np.pi * u)))
+        return np.stack(cols, axis=1)
 
     def _loss_times(self) -> list[float]:
         cfg = self._cfg.ring
@@ -234,7 +315,8 @@ class DisturbanceModel:
 
     # ---------------------------------------------------------------- all at once
     def state(self, time_s: float, gap_mm: float | None = None, gap_direction: int = 1,
-              beam_lost: bool = False) -> DisturbanceState:
+              beam_lost: bool = False, neighbour_gap_mm: float | None = None,
+              neighbour_direction: int = 1) -> DisturbanceState:
         """Every disturbance at *time_s*.
 
         Parameters
@@ -247,6 +329,10 @@ class DisturbanceModel:
             +1 if the gap last moved up (opened), -1 if it last closed.
         beam_lost : bool
             An injected beam loss: current 0, beam not available.
+        neighbour_gap_mm : float, optional
+            The neighbouring insertion device's gap, mm (None: at rest).
+        neighbour_direction : int
+            Direction of its last move, as *gap_direction*.
         """
         offsets: dict[str, float] = {}
         for m in set(self._cfg.thermal_drift.amplitudes) | set(self._cfg.vibration.rms):
@@ -257,7 +343,8 @@ class DisturbanceModel:
         if beam_lost:
             current, available = 0.0, False
         return DisturbanceState(time_s=time_s, axis_offsets=offsets,
-                                source=self.source(gap_mm, gap_direction),
+                                source=self.source(gap_mm, gap_direction, neighbour_gap_mm,
+                                                   neighbour_direction),
                                 ring_current_mA=current, beam_available=available)
 
 

@@ -240,7 +240,16 @@ class FastTwin:
             if e.kind in ("undulator", "gaussian_source"):
                 gap = ax(n, "gap") if isinstance(e, Undulator) else zero + math.nan
                 one = zero + 1.0
-                out[n] = torch.stack([gap, energy, zero, zero, zero, zero, one, one], -1)
+                sx, sy = one, one
+                if isinstance(e, Undulator) and f"{n}.coupling" in self._index:
+                    # the ring's coupling knob (see Undulator.coupling_scales)
+                    c = ax(n, "coupling")
+                    ey = e.emittance_y_pm * c
+                    sx = torch.sqrt(torch.clamp(1.0 - ey / e.emittance_x_pm, min=1e-6))
+                    sy = torch.sqrt(torch.clamp(1.0 + c, min=1e-6))
+                # the ring's orbit bump at the source, um and urad
+                out[n] = torch.stack([gap, energy, ax(n, "bump_x") * 1e3, ax(n, "bump_y") * 1e3,
+                                      ax(n, "bump_xp") * 1e6, ax(n, "bump_yp") * 1e6, sx, sy], -1)
             elif isinstance(e, Slits):
                 hg, vg = ax(n, "hgap"), ax(n, "vgap")
                 hc, vc = ax(n, "hcen"), ax(n, "vcen")
@@ -293,7 +302,9 @@ class FastTwin:
         if bool((source[:, 4:] <= 0).any()):
             raise ConfigError("source size multipliers must be > 0")
         out = dict(params)
-        out[src] = torch.cat([prm[:, :2], source.to(prm)], dim=1)
+        src_t = source.to(prm)  # added to the ring knobs' change: positions add, sizes multiply
+        out[src] = torch.cat([prm[:, :2], prm[:, 2:6] + src_t[:, :4], prm[:, 6:] * src_t[:, 4:]],
+                             dim=1)
         return out
 
     @staticmethod

@@ -63,7 +63,10 @@ class HiddenErrors:
             raise ConfigError(f"misalignment scale must be a finite number >= 0, got {scale!r}")
         rng = np.random.default_rng([_STREAM, int(seed)])
         offsets = {}
+        knobs = desc.knob_motors()
         for name, m in desc.motors.items():  # fixed (beam) order: same seed, same errors
+            if name in knobs:  # the ring's knobs have no hidden offset (and draw nothing)
+                continue
             z = float(np.clip(rng.standard_normal(), -3.0, 3.0))
             offset = scale * m.misalign_sigma * z
             # keep the ideal position (design - offset) reachable within the limits

@@ -29,7 +29,7 @@ from twin.description import (
     Slits,
     Undulator,
 )
-from twin.disturbances import DisturbanceState, SourcePerturbation
+from twin.disturbances import DisturbanceState, SourcePerturbation, combine_sources
 from twin.errors import LimitError, NonFiniteError
 from twin.hidden import HiddenErrors
 from twin.units import to_internal
@@ -37,6 +37,7 @@ from twin.units import to_internal
 __all__ = [
     "SourceSettings", "SlitSettings", "OffsetSettings", "MirrorSettings", "MonoSettings",
     "ObserverSettings", "ElementSettings", "resolve", "validate_positions", "selected_energy_eV",
+    "knob_perturbation",
 ]
 
 
@@ -172,6 +173,24 @@ def _axis(e: Element, phys: Mapping[str, float], axis: str, default: float) -> f
     return phys[key] if key in phys else default
 
 
+def knob_perturbation(und: Undulator, knobs: Mapping[str, float]) -> SourcePerturbation:
+    """The source change the ring's knobs make (see :attr:`Undulator.KNOB_AXES`).
+
+    Parameters
+    ----------
+    und : Undulator
+    knobs : mapping of str to float
+        Knob settings in internal units: ``bump_x``/``bump_y`` in mm,
+        ``bump_xp``/``bump_yp`` in rad, ``coupling`` as a ratio; missing knobs are 0.
+    """
+    sx, sy = und.coupling_scales(knobs.get("coupling", 0.0))
+    return SourcePerturbation(dx_um=knobs.get("bump_x", 0.0) * 1e3,
+                              dy_um=knobs.get("bump_y", 0.0) * 1e3,
+                              dxp_urad=knobs.get("bump_xp", 0.0) * 1e6,
+                              dyp_urad=knobs.get("bump_yp", 0.0) * 1e6,
+                              size_x_scale=sx, size_y_scale=sy)
+
+
 def resolve(desc: BeamlineDescription, positions: Mapping[str, float], hidden: HiddenErrors,
             disturbance: DisturbanceState | None = None) -> tuple[tuple[ElementSettings, ...],
                                                                   float]:
@@ -186,9 +205,11 @@ def resolve(desc: BeamlineDescription, positions: Mapping[str, float], hidden: H
     for e in desc.elements:
         s: ElementSettings
         if isinstance(e, Undulator):
+            base = disturbance.source if disturbance is not None else SourcePerturbation()
+            knobs = knob_perturbation(e, {a: _axis(e, phys, a, 0.0) for a in e.KNOB_AXES})
             s = SourceSettings(gap_mm=phys[f"{e.name}.gap"], energy_eV=energy,
-                               perturbation=(disturbance.source if disturbance is not None
-                                             else SourcePerturbation()))
+                               perturbation=(base if knobs == SourcePerturbation()
+                                             else combine_sources(base, knobs)))
         elif isinstance(e, GaussianSource):
             s = SourceSettings(gap_mm=None, energy_eV=energy,
                                perturbation=(disturbance.source if disturbance is not None

@@ -25,7 +25,7 @@ import numpy as np
 
 from twin.description import BeamlineDescription, Undulator
 from twin.disturbances import DisturbanceModel, SourcePerturbation, combine_sources
-from twin.errors import ConfigError, NonFiniteError
+from twin.errors import ConfigError, LimitError, NonFiniteError
 from twin.hidden import HiddenErrors
 from twin.observation import Observation
 from twin.protocol import MotorInfo
@@ -90,6 +90,8 @@ class TwinBeamline:
         self._moves = 0
         self._acquisitions = 0
         self._gap_direction = 1
+        self._neighbour_gap: float | None = None
+        self._neighbour_direction = 1
         self._beam_lost = False
         self._gap_motor = next((f"{e.name}.gap" for e in desc.elements
                                 if isinstance(e, Undulator)), None)
@@ -158,7 +160,8 @@ class TwinBeamline:
         gap = None
         if self._gap_motor is not None:
             gap = physical[self._gap_motor] + self._hidden.offset(self._gap_motor)
-        state = self._model.state(self._clock, gap, self._gap_direction, self._beam_lost)
+        state = self._model.state(self._clock, gap, self._gap_direction, self._beam_lost,
+                                  self._neighbour_gap, self._neighbour_direction)
         if self._source is not None:
             state = dataclasses.replace(state, source=combine_sources(state.source,
                                                                       self._source))
@@ -182,6 +185,38 @@ class TwinBeamline:
     def counts(self) -> dict[str, int]:
         """Moves and acquisitions made so far."""
         return {"moves": self._moves, "acquisitions": self._acquisitions}
+
+    @property
+    def neighbour_gap_mm(self) -> float | None:
+        """The neighbouring insertion device's gap, mm (None: at rest)."""
+        return self._neighbour_gap
+
+    def set_neighbour_gap(self, gap_mm: float | None) -> None:
+        """Set the gap of the neighbouring insertion device, mm (None: at rest).
+
+        It is not this beamline's motor: another beamline moves it, and its
+        gap-dependent perturbation of the ring reaches this source
+        (``[disturbances.source_gap]`` ``neighbour_*``). Takes no beamline time.
+
+        Raises
+        ------
+        NonFiniteError, LimitError
+            If *gap_mm* is not finite or lies outside the neighbour's gap range.
+        """
+        if gap_mm is None:
+            self._neighbour_gap = None
+            return
+        cfg = self.desc.disturbances.source_gap
+        if isinstance(gap_mm, bool) or not isinstance(gap_mm, (int, float)) or \
+                not math.isfinite(gap_mm):
+            raise NonFiniteError(f"neighbour gap must be a finite number in mm, got {gap_mm!r}")
+        if not cfg.neighbour_gap_low_mm <= gap_mm <= cfg.neighbour_gap_high_mm:
+            raise LimitError(f"neighbour gap {gap_mm} mm lies outside its range "
+                             f"[{cfg.neighbour_gap_low_mm}, {cfg.neighbour_gap_high_mm}] mm")
+        previous = self._neighbour_gap if self._neighbour_gap is not None else cfg.neighbour_gap_mm
+        if gap_mm != previous:
+            self._neighbour_direction = 1 if gap_mm > previous else -1
+        self._neighbour_gap = float(gap_mm)
 
     def inject_beam_loss(self, lost: bool = True) -> None:
         """Lose (or restore) the stored beam: flux drops to zero until restored."""

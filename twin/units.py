@@ -1,6 +1,7 @@
 """Units of beamtwin.
 
-Internally the twin works in **millimetres** and **radians** (xrt's convention).
+Internally the twin works in **millimetres** and **radians** (xrt's convention),
+and in plain ratios for dimensionless knobs (``%`` is 0.01).
 Motors are described and driven in their own engineering units; this module
 converts between the two. Unit names are plain strings, as they appear in
 presets, JSON output and EPICS ``EGU`` fields.
@@ -13,20 +14,22 @@ from typing import Literal
 
 from twin.errors import ConfigError
 
-__all__ = ["LENGTH_UNITS", "ANGLE_UNITS", "UNITS", "Quantity", "to_internal", "from_internal",
-           "quantity_of"]
+__all__ = ["LENGTH_UNITS", "ANGLE_UNITS", "RATIO_UNITS", "UNITS", "Quantity", "to_internal",
+           "from_internal", "quantity_of"]
 
-Quantity = Literal["length", "angle"]
+Quantity = Literal["length", "angle", "ratio"]
 
 #: length units -> factor to millimetres
 LENGTH_UNITS: dict[str, float] = {"m": 1e3, "mm": 1.0, "um": 1e-3, "nm": 1e-6}
 #: angle units -> factor to radians
 ANGLE_UNITS: dict[str, float] = {"rad": 1.0, "mrad": 1e-3, "urad": 1e-6, "deg": math.pi / 180.0}
-UNITS: dict[str, float] = {**LENGTH_UNITS, **ANGLE_UNITS}
+#: dimensionless units (a ring's coupling knob) -> factor to a plain ratio
+RATIO_UNITS: dict[str, float] = {"%": 1e-2, "ratio": 1.0}
+UNITS: dict[str, float] = {**LENGTH_UNITS, **ANGLE_UNITS, **RATIO_UNITS}
 
 
 def quantity_of(units: str) -> Quantity:
-    """Return ``"length"`` or ``"angle"`` for a unit name.
+    """Return ``"length"``, ``"angle"`` or ``"ratio"`` for a unit name.
 
     Raises
     ------
@@ -37,6 +40,8 @@ def quantity_of(units: str) -> Quantity:
         return "length"
     if units in ANGLE_UNITS:
         return "angle"
+    if units in RATIO_UNITS:
+        return "ratio"
     raise ConfigError(f"unknown unit {units!r}; allowed units are {sorted(UNITS)}")
 
 
