@@ -20,6 +20,7 @@ Commands
 ``beamtwin train``          train an RL alignment policy on the fast twin
 ``beamtwin scan``           scans (BLISS names) with online analysis and NeXus data
 ``beamtwin bench scan``     adaptive and coarse-to-fine maps against uniform grids
+``beamtwin stabilize``      feed-forward beam stabilisation: calibrate, bench, run
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 
 import click
 
+from controllers.stabilize_cli import stabilize
 from ioc_sim.cli import ioc_command
 from twin import __version__
 from twin.cliutil import emit, jsonable, run_command
@@ -777,6 +779,7 @@ def bench_scan_cmd(seed: int, trials: int, grid: int, plot_path: str | None,
 
 
 cli.add_command(ioc_command)
+cli.add_command(stabilize)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

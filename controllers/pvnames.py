@@ -7,7 +7,8 @@ prefix, with the names of the motor record and areaDetector:
 * diagnostic ``name`` -> ``{P}{name}:`` + ``Intensity_RBV``, ``PosX_RBV``, ...;
 * the area detector -> ``{P}det:`` + ``cam1:Acquire``, ``Stats1:Total_RBV``, ...;
 * the ring and front end -> ``{P}machine:``; the undulator -> ``{P}undulator:``;
-  the twin's own status -> ``{P}twin:``.
+  the twin's own status -> ``{P}twin:``; the beam stabiliser's switch and
+  status -> ``{P}stab:``.
 
 A real beamline names its devices otherwise. A mapping file (TOML) gives the
 record of any motor and the base name of any device; what it leaves out keeps
@@ -42,13 +43,14 @@ __all__ = ["PvMap", "DIAGNOSTIC_FIELDS", "INTENSITY_KINDS", "SIGNALS"]
 #: fields of a diagnostic that measures intensity only (an ion chamber)
 _INTENSITY_FIELDS = ("Intensity_RBV", "UniqueId_RBV")
 #: fields of a diagnostic that also measures position and size (BPM, screen, camera)
-DIAGNOSTIC_FIELDS = (*_INTENSITY_FIELDS, "PosX_RBV", "PosY_RBV", "FWHMX_RBV", "FWHMY_RBV")
+DIAGNOSTIC_FIELDS = (*_INTENSITY_FIELDS, "PosX_RBV", "PosY_RBV", "FWHMX_RBV", "FWHMY_RBV",
+                     "SigmaX_RBV", "SigmaY_RBV")
 #: diagnostic kinds that measure intensity only
 INTENSITY_KINDS = ("ion_chamber",)
 #: scalar signals a scan may read besides the diagnostics
 SIGNALS = ("xrf",)
 #: devices other than motors and diagnostics, and their default base names
-_DEVICES = ("machine", "undulator", "detector", "twin")
+_DEVICES = ("machine", "undulator", "detector", "twin", "stab")
 
 
 @dataclass(frozen=True)

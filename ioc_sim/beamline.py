@@ -34,6 +34,7 @@ from ioc_sim.detector import AreaDetector, make_area_detector
 from ioc_sim.diagnostics import (
     DiagnosticPVs,
     MachinePVs,
+    StabilizerPVs,
     TwinPVs,
     UndulatorPVs,
     make_diagnostic,
@@ -116,10 +117,12 @@ class BeamlineIOC:
         self.undulator = UndulatorPVs(f"{prefix}undulator:", machine=m)
         self.ring = MachinePVs(f"{prefix}machine:", machine=m)
         self.status = TwinPVs(f"{prefix}twin:", machine=m, rate_hz=diag_rate_hz)
+        self.stabilizer = StabilizerPVs(f"{prefix}stab:")
         self.detector: AreaDetector = make_area_detector(prefix, m,
                                                          on_observation=self._observed)
         self._groups: list[PVGroup] = [*self.motors.values(), *self.diagnostics.values(),
-                                       self.undulator, self.ring, self.status, self.detector]
+                                       self.undulator, self.ring, self.status, self.stabilizer,
+                                       self.detector]
         self._diag_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ pvdb

@@ -43,6 +43,7 @@ from ioc_sim.analysis import counts_frame, frame_stats
 from ioc_sim.machine import SimulatedMachine
 from ioc_sim.pvs import array_pv, enum_pv, float_pv, int_pv, string_pv
 from twin.description import BeamPositionMonitor, Element, IonChamber, SampleStage
+from twin.errors import ConfigError
 from twin.observation import Observation, Reading
 from twin.specimen import Specimen
 
@@ -73,11 +74,14 @@ class PositionPVs(DiagnosticPVs):
     pos_y = float_pv("PosY_RBV", "beam centroid y", units="um")
     fwhm_x = float_pv("FWHMX_RBV", "beam FWHM x", units="um")
     fwhm_y = float_pv("FWHMY_RBV", "beam FWHM y", units="um")
+    rms_x = float_pv("SigmaX_RBV", "beam rms size x", units="um")
+    rms_y = float_pv("SigmaY_RBV", "beam rms size y", units="um")
 
     async def publish(self, reading: Reading, uid: int, exposure_s: float) -> None:  # noqa: D102
         s = reading.stats
         for prop, value in ((self.pos_x, s.centroid_x_um), (self.pos_y, s.centroid_y_um),
-                            (self.fwhm_x, s.fwhm_x_um), (self.fwhm_y, s.fwhm_y_um)):
+                            (self.fwhm_x, s.fwhm_x_um), (self.fwhm_y, s.fwhm_y_um),
+                            (self.rms_x, s.rms_x_um), (self.rms_y, s.rms_y_um)):
             await prop.write(value, verify_value=False)
         await super().publish(reading, uid, exposure_s)
 
@@ -197,6 +201,11 @@ class MachinePVs(PVGroup):
                         read_only=True)
     beam_loss = enum_pv("BeamLoss", "inject a beam loss", ("No", "Yes"), "No")
     time = float_pv("Time_RBV", "time since the IOC started", units="s", precision=1)
+    neighbour = float_pv("NeighbourGap", "gap of the neighbouring insertion device (another "
+                         "beamline's; set here to simulate it)", units="mm", precision=4,
+                         read_only=False)
+    neighbour_rbv = float_pv("NeighbourGap_RBV", "gap of the neighbouring insertion device",
+                             units="mm", precision=4)
 
     def __init__(self, prefix: str, *, machine: SimulatedMachine) -> None:
         super().__init__(prefix=prefix)
@@ -204,7 +213,19 @@ class MachinePVs(PVGroup):
 
     async def initialise(self) -> None:
         """Publish the ring's state; called once before serving."""
+        gap = self.machine.neighbour_gap_mm
+        await self.neighbour.write(gap, verify_value=False)
+        await self.neighbour_rbv.write(gap, verify_value=False)
         await self._update()
+
+    @neighbour.putter
+    async def neighbour(self, instance, value):
+        try:
+            self.machine.set_neighbour_gap(float(value))
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        await self.neighbour_rbv.write(float(value), verify_value=False)
+        return value
 
     @shutter.putter
     async def shutter(self, instance, value):
@@ -278,3 +299,29 @@ class TwinPVs(PVGroup):
         await self.trace_time.write(obs.meta.get("trace_s", math.nan) * 1e3,
                                     verify_value=False)
         await self.energy.write(obs.energy_eV, verify_value=False)
+
+
+class StabilizerPVs(PVGroup):
+    """``{P}stab:``: the beam stabiliser's switch and what it achieves.
+
+    The operator switches the loop with ``Enable``; the loop
+    (``beamtwin stabilize run --epics``) publishes the rest once a second and
+    holds every knob where it is while ``Enable`` is ``Off``.
+    """
+
+    enable = enum_pv("Enable", "stabiliser on or off (the operator's switch)", ("Off", "On"),
+                     "On", read_only=False)
+    running = int_pv("Running_RBV", "1 while a stabiliser loop is connected and running",
+                     read_only=False)
+    corrector = string_pv("Corrector_RBV", "corrector the loop runs", read_only=False)
+    rate = float_pv("LoopRate_RBV", "achieved loop rate", units="Hz", precision=1,
+                    read_only=False)
+    periods = int_pv("Periods_RBV", "loop periods so far", read_only=False)
+    res_x = float_pv("ResidualX_RBV", "rms change of the sample centroid x over the last "
+                     "second", units="um", precision=5, read_only=False)
+    res_y = float_pv("ResidualY_RBV", "rms change of the sample centroid y over the last "
+                     "second", units="um", precision=5, read_only=False)
+    res_size = float_pv("SizeResidual_RBV", "rms change of the vertical spot size over the last "
+                        "second", units="%", precision=3, read_only=False)
+    refused = int_pv("Refused_RBV", "corrections the safety layer refused", read_only=False)
+    message = string_pv("Message_RBV", "last refusal or state change", read_only=False)

@@ -13,6 +13,7 @@ trace (mid-move included, lost motion included), never where it was asked to go.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -99,6 +100,9 @@ class SimulatedMachine:
         self.beam_lost = False
         #: motor setpoints refused at the IOC (outside the soft limits, or not finite)
         self.refused_setpoints = 0
+        #: the neighbouring insertion device's gap (mm) and the direction it last moved
+        self.neighbour_gap_mm = desc.disturbances.source_gap.neighbour_gap_mm
+        self.neighbour_direction = 1
         self._frames = 0
         self._trace_lock = threading.Lock()
         self._nominal_mA = nominal_current_mA(desc)
@@ -120,7 +124,26 @@ class SimulatedMachine:
             axis = self.axes[self.gap_motor]
             gap = axis.load_position(t) + self.hidden.offset(self.gap_motor)
             direction = axis.last_direction
-        return self.model.state(t, gap, direction or 1, self.beam_lost)
+        return self.model.state(t, gap, direction or 1, self.beam_lost,
+                                self.neighbour_gap_mm, self.neighbour_direction)
+
+    def set_neighbour_gap(self, gap_mm: float) -> None:
+        """Set the neighbouring insertion device's gap, mm (its direction follows).
+
+        Raises
+        ------
+        ConfigError
+            If *gap_mm* is not finite or lies outside the neighbour's gap range.
+        """
+        sg = self.desc.disturbances.source_gap
+        if not (isinstance(gap_mm, (int, float)) and math.isfinite(gap_mm)
+                and sg.neighbour_gap_low_mm <= gap_mm <= sg.neighbour_gap_high_mm):
+            raise ConfigError(f"neighbour gap must be a finite number within "
+                              f"[{sg.neighbour_gap_low_mm}, {sg.neighbour_gap_high_mm}] mm, got "
+                              f"{gap_mm!r}")
+        if gap_mm != self.neighbour_gap_mm:
+            self.neighbour_direction = 1 if gap_mm > self.neighbour_gap_mm else -1
+        self.neighbour_gap_mm = float(gap_mm)
 
     def ring(self, t: float | None = None) -> tuple[float, bool]:
         """(ring current in mA, beam available) at machine time *t*."""
