@@ -74,7 +74,8 @@ def train_stabilizer(desc: BeamlineDescription, *, config: StabilizeConfig | Non
 
     SAC, not PPO: the knob moves a period must make are tiny against their caps,
     and PPO's on-policy noise kept its policies far from them (measured: PPO with
-    300k steps held the beam worse than no correction on two of four schedules).
+    300k steps held the beam worse than no correction in one plane on three of four
+    schedules).
 
     Parameters
     ----------
