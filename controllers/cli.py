@@ -36,7 +36,7 @@ import click
 from controllers.stabilize_cli import stabilize
 from ioc_sim.cli import ioc_command
 from twin import __version__
-from twin.cliutil import emit, jsonable, run_command
+from twin.cliutil import emit, json_option, jsonable, preset_option, run_command
 from twin.description import BeamlineDescription, Element, MotorSpec
 from twin.errors import ConfigError
 from twin.hidden import HiddenErrors
@@ -125,9 +125,6 @@ def cli() -> None:
     """beamtwin: a digital twin of a synchrotron beamline, and the tools to align it."""
 
 
-preset_option = click.option("--preset", "preset", type=click.Path(dir_okay=False),
-                             default=None, help="Beamline preset (TOML); default: built-in.")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
 
 @cli.group()

@@ -22,15 +22,12 @@ from typing import Any
 
 import click
 
-from twin.cliutil import emit, run_command
+from twin.cliutil import emit, json_option, preset_option, run_command
 from twin.errors import ConfigError
 from twin.presets import load_preset
 
 __all__ = ["stabilize"]
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-preset_option = click.option("--preset", "preset", type=click.Path(dir_okay=False),
-                             default=None, help="Beamline preset (TOML); default: built-in.")
 _CORRECTORS = ("none", "fb", "table", "ff_nn", "ff_gp", "ff_fb", "rl")
 
 

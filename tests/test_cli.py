@@ -33,7 +33,7 @@ def test_twin_info_json(desc):
     assert all({"name", "units", "low", "high", "position"} <= set(m) for m in doc["motors"])
     assert len(doc["motors"]) == len(desc.motors)
     units = {m["units"] for m in doc["motors"]}
-    assert units <= {"mm", "um", "nm", "m", "mrad", "urad", "rad", "deg"}
+    assert units <= {"mm", "um", "nm", "m", "mrad", "urad", "rad", "deg", "%"}  # "%": coupling
     assert {d["name"] for d in doc["diagnostics"]} >= {"m1_screen", "dcm_bpm", "sample"}
 
 

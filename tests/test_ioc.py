@@ -42,7 +42,8 @@ def get(epics, name: str, **kw):
 # --------------------------------------------------------------------------- serving
 def test_ready_document_and_motor_records(ioc, epics, desc):
     assert ioc.ready["prefix"] == ioc.prefix
-    assert ioc.ready["motors"] == len(desc.motors) == 28
+    # 28 of the beamline and the ring's 5 knobs at the source
+    assert ioc.ready["motors"] == len(desc.motors) == 33
     rec = f"{ioc.prefix}kb_v:pitch"
     assert get(epics, rec + ".RTYP") == "motor"
     assert get(epics, rec + ".EGU") == desc.motor("kb_v.pitch").units

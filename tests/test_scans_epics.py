@@ -164,6 +164,8 @@ def test_autonomous_maps_over_epics(ioc, desc, tmp_path):
     assert doc["points"] == 9 + doc["adaptive"]["fine_points"]
 
 
+# the IOC dies on purpose: a get in flight inside pyepics times out, and pyepics says so
+@pytest.mark.filterwarnings(r"ignore:ca.get\(.*\) timed out:UserWarning")
 def test_ioc_killed_mid_scan_aborts_with_a_reason_and_valid_data(ca_ports, epics, desc,
                                                                  tmp_path):
     """R3: the IOC is killed (SIGKILL) during a scan. The scan ends as failed within a bounded

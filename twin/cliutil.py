@@ -18,7 +18,13 @@ import click
 
 from twin.errors import BeamtwinError
 
-__all__ = ["jsonable", "emit", "run_command"]
+__all__ = ["jsonable", "emit", "run_command", "json_option", "preset_option"]
+
+#: the ``--json`` flag every command takes
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+#: the ``--preset FILE`` option of every command that loads a beamline
+preset_option = click.option("--preset", "preset", type=click.Path(dir_okay=False),
+                             default=None, help="Beamline preset (TOML); default: built-in.")
 
 
 def jsonable(v: Any) -> Any:
