@@ -28,6 +28,8 @@ import numpy as np
 
 from agents.objective import FLUX_FLOOR
 from agents.problem import AlignmentProblem, Evaluation
+from agents.separable import SeparableSimplex, focusing_planes, refine
+from twin.description import BeamlineDescription
 
 __all__ = ["BenderFocus", "vertex"]
 
@@ -162,3 +164,19 @@ class BenderFocus:
         except _Done:
             pass
         return best
+
+
+def focus_then_refine(problem: AlignmentProblem, start: Evaluation,
+                      desc: BeamlineDescription | None, *, stop_fom: float,
+                      initial_step: float) -> np.ndarray:
+    """Local refinement that focuses first: on a stage of bendable mirrors focusing in
+    both planes, the bender focus (:class:`BenderFocus`), then one simplex per plane;
+    on any other stage :func:`agents.separable.refine`. Returns the chosen point."""
+    planes = focusing_planes(desc, problem.stage) if desc is not None else None
+    if planes is None:
+        return refine(problem, start, desc, stop_fom=stop_fom, initial_step=initial_step)
+    best = BenderFocus(stop_fom=stop_fom).continue_from(problem, start, planes)
+    if best.judgement.looks_aligned(stop_fom, problem.stage.goal) or problem.remaining <= 1:
+        return best.u.copy()
+    return SeparableSimplex(initial_step=initial_step, stop_fom=stop_fom).continue_from(
+        problem, best, planes)

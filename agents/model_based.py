@@ -5,8 +5,9 @@ few probing points, fits the hidden offsets of the stage's motors to those
 readings with :func:`twin.calibrate.calibrate` (gradient descent through the
 fast twin), and moves to where the calibrated twin is aligned: every motor at
 ``design - fitted offset``. Each new reading joins the fit. When the model's
-prediction stops improving the beam, it refines locally: with one simplex per
-focusing plane on a KB pair (:mod:`agents.separable`), with Nelder-Mead otherwise.
+prediction stops improving the beam, it refines locally: on a KB pair with the
+bender focus and then one simplex per focusing plane
+(:func:`agents.bender_focus.focus_then_refine`), with Nelder-Mead otherwise.
 
 Offsets of motors outside the stage are not fitted: on a beamline aligned
 stage by stage they are the earlier stages' business, and whatever is left of
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agents.bender_focus import focus_then_refine
 from agents.problem import AlignmentProblem, Evaluation
-from agents.separable import refine
 from agents.stages import Stage
 from twin.description import BeamlineDescription
 
@@ -123,6 +124,6 @@ class ModelBasedAgent:
                 break  # the model no longer improves the beam: refine locally
             last_fom = ev.fom
         if not self._done(best, st) and problem.remaining > 1:
-            return refine(problem, best, desc if self.separable else None,
-                          stop_fom=self.stop_fom, initial_step=0.05)
+            return focus_then_refine(problem, best, desc if self.separable else None,
+                                     stop_fom=self.stop_fom, initial_step=0.05)
         return best.u.copy()

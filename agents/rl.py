@@ -10,7 +10,8 @@ training wall time and the final evaluation).
 :class:`RLAgent` runs such a policy on an
 :class:`~agents.problem.AlignmentProblem`, through the same safety layer and
 with the same one-evaluation-per-step accounting as every other agent.
-:class:`HybridAgent` takes a few learned steps, then refines with a simplex.
+:class:`HybridAgent` takes a few learned steps, then refines (on a KB pair: bender
+focus, then a simplex per plane).
 Policies for every stage of the built-in beamline ship in ``agents/policies``.
 
 The policy sees the environment's observation and how it changed since the
@@ -42,6 +43,7 @@ from stable_baselines3.common.callbacks import (
 )
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
+from agents.bender_focus import focus_then_refine
 from agents.env import (
     OBS_BOUND,
     OBS_FEATURES,
@@ -51,7 +53,6 @@ from agents.env import (
     observation_vector,
 )
 from agents.problem import AlignmentProblem, Evaluation
-from agents.separable import refine
 from agents.stages import Stage
 from agents.stages import stage as stage_of
 from twin import __version__
@@ -551,8 +552,8 @@ class HybridAgent:
 
     Learned policies get near the optimum quickly but not always onto it;
     classical refinement finishes reliably from close by: Nelder-Mead, or on a
-    stage of mirrors focusing in both planes one simplex per plane
-    (:class:`~agents.separable.SeparableSimplex`).
+    stage of bendable mirrors focusing in both planes the bender focus and then
+    one simplex per plane (:func:`~agents.bender_focus.focus_then_refine`).
 
     Parameters
     ----------
@@ -584,6 +585,6 @@ class HybridAgent:
         if best.judgement.looks_aligned(self.stop_fom, problem.stage.goal) or \
                 problem.remaining <= 1:
             return best.u.copy()
-        return refine(problem, best, getattr(problem.safe.inner, "desc", None),
-                      stop_fom=self.stop_fom, initial_step=self.initial_step)
+        return focus_then_refine(problem, best, getattr(problem.safe.inner, "desc", None),
+                                 stop_fom=self.stop_fom, initial_step=self.initial_step)
 

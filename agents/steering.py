@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agents.bender_focus import BenderFocus
+from agents.bender_focus import focus_then_refine
 from agents.objective import Objective
 from agents.problem import AlignmentProblem, Evaluation
-from agents.separable import SeparableSimplex, focusing_planes, nelder_mead, refine
+from agents.separable import focusing_planes, nelder_mead, refine
 
 __all__ = ["ResponseSteering", "SteerAgent"]
 
@@ -209,11 +209,8 @@ class SteerAgent:
             if planes is None:
                 return refine(problem, start, desc, stop_fom=self.stop_fom,
                               initial_step=self.initial_step)
-            best = BenderFocus(stop_fom=self.stop_fom).continue_from(problem, start, planes)
-            if best.judgement.looks_aligned(self.stop_fom, goal) or problem.remaining <= 1:
-                return best.u.copy()
-            return SeparableSimplex(initial_step=self.focus_refine_step,
-                                    stop_fom=self.stop_fom).continue_from(problem, best, planes)
+            return focus_then_refine(problem, start, desc, stop_fom=self.stop_fom,
+                                     initial_step=self.focus_refine_step)
         if steering.unsteered:  # first what steering left alone (a sample's focus, a bender)
             best = _simplex_on(problem, best, steering.unsteered, self.initial_step / 2,
                                self.stop_fom)
