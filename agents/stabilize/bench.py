@@ -173,7 +173,7 @@ def bench_stabilize(desc: BeamlineDescription | None = None, *, seed: int = 0,
     best_gap = min(doc_c, key=lambda n: doc_c[n]["gap_only"]["centroid_rms_um"])
     ratios["gap_centroid_none_over_best"] = _ratio(
         none_g["centroid_rms_um"], doc_c[best_gap]["gap_only"]["centroid_rms_um"])
-    ratios["gap_best"] = best_gap  # type: ignore[assignment]
+    ratios["gap_best"] = best_gap
     slowest = max(v["inference_us_p99"] for v in doc_c.values())
     goals = {
         "gap_centroid_reduced_10x": (ratios["gap_centroid_none_over_best"] or 0) >= 10,
