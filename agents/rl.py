@@ -510,8 +510,13 @@ class RLAgent:
         """Refuse a stage it has no usable policy for, before anything moves."""
         self.policy_for(st)
 
-    def drive(self, problem: AlignmentProblem, steps: int | None = None) -> Evaluation:
-        """Take up to *steps* policy steps; returns the best evaluation seen."""
+    def drive(self, problem: AlignmentProblem, steps: int | None = None,
+              patience: int | None = None) -> Evaluation:
+        """Take up to *steps* policy steps; returns the best evaluation seen.
+
+        With *patience*, stop once that many steps in a row have not improved on the
+        best figure of merit (the policy has stalled).
+        """
         pol = self.policy_for(problem.stage)
         limit = steps if steps is not None else (self.max_steps or
                                                  int(pol.metadata["max_steps"]))
@@ -531,13 +536,18 @@ class RLAgent:
         def aligned(e: Evaluation) -> bool:
             return e.judgement.looks_aligned(self.stop_fom, problem.stage.goal)
 
+        idle = 0
         for _ in range(limit):
             if aligned(best) or problem.remaining <= 1:
+                break
+            if patience is not None and idle >= patience:
                 break
             a = pol.act(prev, cur)
             ev = problem.evaluate(np.clip(ev.u + pol.max_step * a, -1.0, 1.0))
             if aligned(ev) or ev.fom > best.fom:
-                best = ev
+                best, idle = ev, 0
+            else:
+                idle += 1
             prev, cur = cur, observe(ev)
         return best
 
@@ -560,7 +570,10 @@ class HybridAgent:
     policy : str or Path, optional
         As for :class:`RLAgent`.
     rl_steps : int
-        Policy steps before refining.
+        Policy steps before refining, at most.
+    rl_patience : int
+        Hand over to the refinement once this many policy steps in a row have not
+        improved the beam (the policy has stalled).
     initial_step : float
         Simplex size of the refinement, agent units.
     stop_fom : float
@@ -568,6 +581,7 @@ class HybridAgent:
 
     policy: str | Path | None = None
     rl_steps: int = 8
+    rl_patience: int = 2
     initial_step: float = 0.1
     stop_fom: float = RL_STOP_FOM
     name: str = "hybrid"
@@ -581,7 +595,7 @@ class HybridAgent:
 
     def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray:
         """Align; returns the chosen point."""
-        best = self._rl.drive(problem, self.rl_steps)
+        best = self._rl.drive(problem, self.rl_steps, patience=self.rl_patience)
         if best.judgement.looks_aligned(self.stop_fom, problem.stage.goal) or \
                 problem.remaining <= 1:
             return best.u.copy()

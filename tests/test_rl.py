@@ -152,6 +152,32 @@ def test_hybrid_refines_after_the_learned_steps(desc, fast_settings):
     assert res.success
 
 
+def test_the_hybrid_hands_over_when_the_policy_stalls(desc, fast_settings):
+    """A policy that only makes the beam worse is given up after `patience` steps."""
+    class Stalling:
+        name = "stalling"
+
+        def __init__(self) -> None:
+            self.rl = RLAgent()
+            self.used = -1
+
+        def check(self, st):
+            self.rl.check(st)
+
+        def run(self, problem, rng):
+            pol = self.rl.policy_for(problem.stage)
+            pol.act = lambda prev, cur: np.ones(problem.dim)  # push every motor away
+            best = self.rl.drive(problem, 8, patience=2)
+            self.used = problem.evaluations
+            self.best_u = best.u.copy()
+            return best.u.copy()
+
+    agent = Stalling()
+    stage_trial(desc, "mono", agent, seed=3, settings=fast_settings)
+    assert agent.used == 1 + 2  # the start, then two steps that did not improve it
+    assert np.array_equal(agent.best_u, np.zeros(2))  # the best is still the start
+
+
 def test_a_policy_whose_observation_does_not_fit_the_stage_is_refused(desc):
     """The shipped m1 policy observes the pointing at kb_bpm; on a beamline whose m1 stage
     has no such lever, it is refused before anything moves, with what to do about it."""
