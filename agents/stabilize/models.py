@@ -23,6 +23,7 @@ Prediction of one state takes microseconds (see ``beamtwin stabilize bench``).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -38,18 +39,18 @@ __all__ = ["FeedForwardModel", "LookupTable", "MLPModel", "GPModel", "fit_model"
 MODEL_KINDS = ("table", "nn", "gp")
 
 
-class FeedForwardModel:
+class FeedForwardModel(ABC):
     """Base of the feed-forward models: ``predict(x) -> knob settings``."""
 
     kind = ""
 
+    @abstractmethod
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Source-knob settings ``(..., 5)`` for inputs ``(..., 4)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (:func:`model_from_dict` reads it back)."""
-        raise NotImplementedError
 
 
 class LookupTable(FeedForwardModel):
