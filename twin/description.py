@@ -40,7 +40,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
+
+import numpy as np
 
 from twin.errors import ConfigError, UnknownNameError
 from twin.units import Quantity, quantity_of
@@ -380,16 +382,20 @@ class Undulator(Element):
         """Electron rms divergence, vertical, urad."""
         return math.sqrt(self.emittance_y_pm * 1e-12 / self.beta_y_m) * 1e6
 
-    def coupling_scales(self, coupling: float) -> tuple[float, float]:
-        """Source-size multipliers ``(x, y)`` for a coupling-knob setting.
+    def coupling_scales(self, coupling: Any) -> tuple[Any, Any]:
+        """Source-size multipliers ``(x, y)`` for a coupling-knob setting (a ratio,
+        a float or an array of them).
 
         The knob moves emittance between the planes: the vertical emittance grows
         by the ratio *coupling* and the horizontal loses as much (their sum is
         fixed); sizes go as the square root of the emittances.
         """
-        ey = self.emittance_y_pm * coupling
-        sx = math.sqrt(max(1e-6, 1.0 - ey / self.emittance_x_pm))
-        return sx, math.sqrt(max(1e-6, 1.0 + coupling))
+        ey = self.emittance_y_pm * np.asarray(coupling, dtype=float)
+        sx = np.sqrt(np.maximum(1e-6, 1.0 - ey / self.emittance_x_pm))
+        sy = np.sqrt(np.maximum(1e-6, 1.0 + np.asarray(coupling, dtype=float)))
+        if np.ndim(sx) == 0:
+            return float(sx), float(sy)
+        return sx, sy
 
     POSITIVE: ClassVar[tuple[str, ...]] = (
         "period_mm", "electron_energy_GeV", "current_mA", "emittance_x_pm", "emittance_y_pm",

@@ -273,6 +273,7 @@ def calibrate(plant: StabilizePlant, *, points: int = 25, dwell_s: float = 1.0,
     values = np.zeros((sched.steps, len(MEASURED)))
     dirs = np.zeros((sched.steps, 2))
     ends = {b - 1: w for w, (_, b, _) in enumerate(windows)}
+    t = sched.time_s
     knobs = np.zeros(len(KNOBS))
     applied: list[np.ndarray] = []
     seen: list[tuple[float, np.ndarray]] = []
@@ -289,19 +290,18 @@ def calibrate(plant: StabilizePlant, *, points: int = 25, dwell_s: float = 1.0,
             mean = values[a:b].mean(axis=0)
             if label in ("knob", "reference"):
                 knobs = np.zeros(len(KNOBS))
-                seen.append((float(sched.time_s[a:b].mean()), mean))
+                seen.append((float(t[a:b].mean()), mean))
             else:
                 # null the gap's part only: the drift so far, extrapolated from the
                 # last two references, is taken out (the source knobs cannot follow
                 # a pitch's drift, and must not try)
-                step = _solve(response[:, :5], mean - _extrapolate(seen, sched.time_s[i]))
+                step = _solve(response[:, :5], mean - _extrapolate(seen, t[i]))
                 knobs[:5] = np.clip(knobs[:5] + step, -lim, lim)
             nxt = windows[w + 1][2] if w + 1 < len(windows) else "reference"
             if nxt in ("knob", "reference"):
                 knobs = np.zeros(len(KNOBS))
         run.apply(knobs)
         run.advance()
-    t = sched.time_s
     avg = [(float(t[a:b].mean()), values[a:b].mean(axis=0), label, a, k)
            for (a, b, label), k in zip(windows, applied, strict=True)]
     refs = [(tm, v) for tm, v, label, _, _ in avg if label in ("knob", "reference")]

@@ -275,10 +275,7 @@ class StabilizePlant:
             if axis in _SOURCE_OF:
                 out[..., _SOURCE_OF[axis]] += knobs[..., j]
             elif axis == "coupling":
-                c = knobs[..., j] / 100.0
-                ey = self.undulator.emittance_y_pm * c
-                sx = np.sqrt(np.maximum(1e-6, 1.0 - ey / self.undulator.emittance_x_pm))
-                sy = np.sqrt(np.maximum(1e-6, 1.0 + c))
+                sx, sy = self.undulator.coupling_scales(knobs[..., j] / 100.0)
                 out[..., 4] = (1.0 + out[..., 4]) * sx - 1.0
                 out[..., 5] = (1.0 + out[..., 5]) * sy - 1.0
             else:
