@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from twin import _fast_kernels as K
 from twin import physics
 from twin.description import (
     Aperture,
@@ -127,15 +128,6 @@ def params_from_settings(desc: BeamlineDescription,
     return out
 
 
-def _dot(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Dot product over the last axis of (B, N, 3) with a (3,) or (B, 3) vector.
-
-    Uses matrix products: torch reduces a size-3 innermost axis slowly."""
-    if v.dim() == 1:
-        return a @ v
-    return torch.bmm(a, v.unsqueeze(-1)).squeeze(-1)
-
-
 # --------------------------------------------------------------------------- rotations
 def _rot(axis: str, a: torch.Tensor) -> torch.Tensor:
     """Batched rotation matrices (B, 3, 3) about a coordinate axis (xrt's sign)."""
@@ -150,27 +142,38 @@ def _rot(axis: str, a: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
 
 
+_RAY_FIELDS = ("x", "y", "z", "a", "b", "c", "E", "ih", "iv", "alive")
+
+
 @dataclass
 class Rays:
-    """A batch of rays: positions (B, N, 3) mm, unit directions (B, N, 3), energies
-    (B, N) eV, intensities of the horizontal and vertical polarisation (B, N), and
-    the alive mask (B, N) as 0/1 weights."""
+    """A batch of rays as a structure of (B, N) arrays (or (1, N) where every state
+    shares them): positions ``x, y, z`` (mm), unit directions ``a, b, c``, energies
+    ``E`` (eV), intensities of the horizontal and vertical polarisation ``ih, iv``, and
+    the alive weight (0/1, or in between with soft edges)."""
 
-    p: torch.Tensor
-    d: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    z: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+    c: torch.Tensor
     E: torch.Tensor
     ih: torch.Tensor
     iv: torch.Tensor
     alive: torch.Tensor
     w0: torch.Tensor  # (B, 1) photons/s per unit intensity
-    #: float64 global position (mm) that ``p`` is relative to: the design centre of the
-    #: last element. Keeping positions small is what lets float32 resolve nanometres.
+    #: float64 global position (mm) that the positions are relative to: the design centre
+    #: of the last element. Keeping positions small is what lets float32 resolve nanometres.
     origin: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
-    def weights(self) -> torch.Tensor:
-        """Photons/s per ray (B, N); dead rays weigh exactly 0."""
-        return torch.where(self.alive > 0, (self.ih + self.iv) * self.w0 * self.alive,
-                           torch.zeros_like(self.ih))
+    def replace(self, **kw: Any) -> Rays:
+        """A copy with some fields replaced."""
+        return Rays(**{**{f: getattr(self, f) for f in (*_RAY_FIELDS, "w0", "origin")}, **kw})
+
+    def select(self, idx: torch.Tensor) -> Rays:
+        """The rays of index *idx* (along N) in every state."""
+        return self.replace(**{f: getattr(self, f).index_select(1, idx) for f in _RAY_FIELDS})
 
 
 @dataclass
@@ -182,47 +185,31 @@ class Hits:
     w: torch.Tensor
 
 
-class _Table2D:
-    """Bilinear interpolation on a regular (E, angle) grid, differentiable in both."""
+@dataclass(frozen=True)
+class _Table:
+    """A reflectivity table for :func:`twin._fast_kernels.lerp1` / ``lerp2``: values
+    (flattened, row-major in energy then angle) and the grid as a small tensor."""
 
-    def __init__(self, e_grid: np.ndarray, a_grid: np.ndarray, values: np.ndarray,
-                 dtype: torch.dtype, device: torch.device) -> None:
-        self.e0, self.de = float(e_grid[0]), float(e_grid[1] - e_grid[0]) if len(e_grid) > 1 \
-            else 1.0
-        self.a0, self.da = float(a_grid[0]), float(a_grid[1] - a_grid[0])
-        self.ne, self.na = len(e_grid), len(a_grid)
-        self.v = torch.as_tensor(values, dtype=dtype, device=device).reshape(-1)
+    v: torch.Tensor
+    g: torch.Tensor
+    two_d: bool
 
-    def __call__(self, E: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        fe = torch.nan_to_num((E - self.e0) / self.de).clamp(0, self.ne - 1)
-        fa = torch.nan_to_num((a - self.a0) / self.da).clamp(0, self.na - 1)
-        ie = fe.detach().floor().clamp(max=max(self.ne - 2, 0)).long()
-        ia = fa.detach().floor().clamp(max=self.na - 2).long()
-        te, ta = (fe - ie).clamp(0, 1), (fa - ia).clamp(0, 1)
-        ie1 = (ie + 1).clamp(max=self.ne - 1)
-
-        def g(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-            return self.v[i * self.na + j]
-
-        top = g(ie, ia) * (1 - ta) + g(ie, ia + 1) * ta
-        bot = g(ie1, ia) * (1 - ta) + g(ie1, ia + 1) * ta
-        return top * (1 - te) + bot * te
-
-
-class _Table1D:
-    """Linear interpolation on a regular angle grid (the band is narrow: energy fixed)."""
-
-    def __init__(self, a_grid: np.ndarray, values: np.ndarray, dtype: torch.dtype,
-                 device: torch.device) -> None:
-        self.a0, self.da, self.na = float(a_grid[0]), float(a_grid[1] - a_grid[0]), len(a_grid)
-        self.v = torch.as_tensor(values, dtype=dtype, device=device).reshape(-1)
+    @classmethod
+    def build(cls, e_grid: np.ndarray | None, a_grid: np.ndarray, values: np.ndarray,
+              dtype: torch.dtype, device: torch.device) -> _Table:
+        a0, da, na = float(a_grid[0]), float(a_grid[1] - a_grid[0]), len(a_grid)
+        ag = [a0, da, na - 1, na - 2]
+        if e_grid is None:
+            g = ag
+        else:
+            ne = len(e_grid)
+            de = float(e_grid[1] - e_grid[0]) if ne > 1 else 1.0
+            g = [float(e_grid[0]), de, ne - 1, max(ne - 2, 0), *ag, na]
+        return cls(torch.as_tensor(values, dtype=dtype, device=device).reshape(-1),
+                   torch.tensor(g, dtype=dtype, device=device), e_grid is not None)
 
     def __call__(self, E: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        fa = torch.nan_to_num((a - self.a0) / self.da).clamp(0, self.na - 1)
-        ia = fa.detach().floor().clamp(max=self.na - 2).long()
-        ta = fa - ia
-        v0 = self.v[ia]
-        return v0 + (self.v[ia + 1] - v0) * ta
+        return K.lerp2(self.v, self.g, E, a) if self.two_d else K.lerp1(self.v, self.g, a)
 
 
 class FastBackend:
@@ -234,18 +221,27 @@ class FastBackend:
     device : str or torch.device, optional
         Default: CUDA when available, else the CPU.
     dtype : torch.dtype
-        ``torch.float64`` (default, for quantitative work) or ``torch.float32`` (about
-        1.4x faster, approximate). Ray positions are kept relative to the last
-        element's design centre, and surfaces are evaluated in cancellation-free forms,
-        so that float32 still resolves a 30 nm focus 60 m from the source; but float32
-        unit vectors carry ~1e-7 rad of angular noise per ray, which shows on the
-        flanks of a Bragg curve (a few % of flux in detuned states).
+        ``torch.float64`` (default, for quantitative work) or ``torch.float32`` (faster,
+        approximate). Ray positions are kept relative to the last element's design
+        centre, and surfaces are evaluated in cancellation-free forms, so that float32
+        still resolves a 30 nm focus 60 m from the source; but float32 unit vectors
+        carry ~1e-7 rad of angular noise per ray, which shows on the flanks of a Bragg
+        curve (a few % of flux in detuned states).
+    soft_edges_mm : float
+        Sigmoid width of slit blades and mirror ends, mm (0: hard edges, as xrt).
+    compile : bool
+        Compile the element kernels with :func:`torch.compile` (C++/OpenMP on the CPU,
+        Triton on CUDA). Each kernel then runs as a few fused loops over the rays, several
+        times faster than eager mode, at the price of compiling once per element kind
+        when first traced (cached on disk by torch between runs). Results equal the
+        eager ones to rounding. Default: eager.
     """
 
     name = "fast"
 
     def __init__(self, desc: BeamlineDescription, *, device: str | torch.device | None = None,
-                 dtype: torch.dtype = torch.float64, soft_edges_mm: float = 0.0) -> None:
+                 dtype: torch.dtype = torch.float64, soft_edges_mm: float = 0.0,
+                 compile: bool = False) -> None:
         from twin._xrt_backend import XrtBackend  # the reference: rays, poses, tables
 
         for e in desc.elements:
@@ -264,9 +260,12 @@ class FastBackend:
         self.device = torch.device(device if device is not None else
                                    ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype
+        self.compiled = bool(compile)
+        self._k = {n: (torch.compile(f, dynamic=True) if compile else f)
+                   for n, f in K.KERNELS.items()}
         self.ref = XrtBackend(desc)
         self.frames: dict[str, Frame] = self.ref.frames
-        self._tables: dict[tuple, tuple[_Table2D, _Table2D]] = {}
+        self._tables: dict[tuple, tuple[_Table, _Table]] = {}
         self._sources: dict[tuple, dict[str, torch.Tensor]] = {}
         self._consts = self._constants()
         self._run_band = (desc.energy_eV - 10.0, desc.energy_eV + 10.0)
@@ -292,7 +291,8 @@ class FastBackend:
                 lat = np.cross(f.normal, f.d_in)
                 c.update(c0_64=np.asarray(c0, dtype=float), R0=self._t(R0),
                          normal=self._t(f.normal),
-                         lat=self._t(lat / np.linalg.norm(lat)))
+                         lat=self._t(lat / np.linalg.norm(lat)),
+                         size=self._t([e.width_mm / 2, e.length_mm / 2, max(self.soft, 1e-9)]))
                 if e.shape == "elliptical":
                     c["p"] = f.path_mm
             elif isinstance(e, (CrystalMonochromator, MultilayerMonochromator)):
@@ -302,16 +302,22 @@ class FastBackend:
                 theta0 = to_internal(bragg.position, bragg.units)  # type: ignore[union-attr]
                 c["long2"] = e.fixed_exit_mm / (2.0 * math.cos(theta0)) / math.tan(theta0)
                 c["el"], c["az"] = f.el_in, f.az_in
+                c["size"] = self._t([e.width_mm / 2, e.length_mm / 2, e.length_mm])
                 if isinstance(e, CrystalMonochromator):
                     c["d_A"] = physics.crystal_d_spacing_A(e.crystal, e.temperature_K)
+                    c["kb"] = self._t(physics.HC_EV_ANGSTROM / (2.0 * c["d_A"]))
+                else:
+                    c["kb"] = self._t(0.0)
+            elif isinstance(e, Aperture):
+                c["size"] = self._t([e.width_mm / 2, e.height_mm / 2, 1.0])
+            elif isinstance(e, Slits):
+                c["size"] = self._t([0.0, 0.0, max(self.soft, 1e-9)])
             out[e.name] = c
         return out
 
     # ------------------------------------------------------------------ tables
-    Table = _Table1D | _Table2D
-
     def _tables_for(self, key: tuple, fetch: Any, angles: np.ndarray, e_lo: float, e_hi: float,
-                    e_step: float) -> tuple[Table, Table]:
+                    e_step: float) -> tuple[_Table, _Table]:
         """Reflectivity tables ``(Rs, Rp)`` of one element, built once per band.
 
         Over a narrow band (under 0.5 % of the energy) reflectivity depends on the angle
@@ -321,31 +327,33 @@ class FastBackend:
         if key not in self._tables:
             if e_hi - e_lo < _NARROW_BAND * e_lo:
                 rs, rp = fetch(np.array([0.5 * (e_lo + e_hi)]), angles)
-                t_s = _Table1D(angles, rs[0], self.dtype, self.device)
+                t_s = _Table.build(None, angles, rs[0], self.dtype, self.device)
                 t_p = t_s if np.allclose(rs, rp, rtol=1e-5, atol=1e-9) else \
-                    _Table1D(angles, rp[0], self.dtype, self.device)
+                    _Table.build(None, angles, rp[0], self.dtype, self.device)
             else:
                 E = np.linspace(e_lo, e_hi, max(2, int((e_hi - e_lo) / e_step) + 2))
                 rs, rp = fetch(E, angles)
-                t_s = _Table2D(E, angles, rs, self.dtype, self.device)
-                t_p = _Table2D(E, angles, rp, self.dtype, self.device)
+                t_s = _Table.build(E, angles, rs, self.dtype, self.device)
+                t_p = _Table.build(E, angles, rp, self.dtype, self.device)
             self._tables[key] = (t_s, t_p)
         return self._tables[key]
 
-    def _mirror_table(self, name: str, e_lo: float, e_hi: float) -> tuple[Table, Table]:
-        """Coating or multilayer reflectivity against grazing angle (rad)."""
+    def _mirror_table(self, name: str, e_lo: float, e_hi: float) -> tuple[_Table, _Table]:
+        """Coating or multilayer reflectivity against the sine of the grazing angle, on a
+        regular grid of sines (the kernels then need no arcsine per ray)."""
         e = self.desc.element(name)
         if isinstance(e, MultilayerMonochromator):
             bragg = e.motor("bragg")
             theta0 = UNITS[bragg.units] * bragg.position  # type: ignore[union-attr]
         else:
             theta0 = e.grazing_mrad * 1e-3  # type: ignore[attr-defined]
-        angles = np.linspace(max(1e-5, 0.2 * theta0), 1.8 * theta0, 801)
+        sines = np.linspace(math.sin(max(1e-5, 0.2 * theta0)), math.sin(1.8 * theta0), 801)
         return self._tables_for(("m", name, round(e_lo, 1), round(e_hi, 1)),
-                                lambda E, a: self.ref.mirror_reflectivity(name, E, a),
-                                angles, e_lo, e_hi, 20.0)
+                                lambda E, s: self.ref.mirror_reflectivity(name, E,
+                                                                          np.arcsin(s)),
+                                sines, e_lo, e_hi, 20.0)
 
-    def _crystal_table(self, name: str, e_lo: float, e_hi: float) -> tuple[Table, Table]:
+    def _crystal_table(self, name: str, e_lo: float, e_hi: float) -> tuple[_Table, _Table]:
         """Intrinsic Bragg curve against the deviation from the kinematic angle (rad)."""
         return self._tables_for(("c", name, round(e_lo, 1), round(e_hi, 1)),
                                 lambda E, a: self.ref.crystal_reflectivity(name, E, a),
@@ -366,94 +374,37 @@ class FastBackend:
                 self.stats["source_builds"] += 1
             cols.append(self._sources[k])
         if len({id(c) for c in cols}) == 1:
-            src = {n: v.unsqueeze(0).expand(B, *v.shape) for n, v in cols[0].items()}
+            src = {n: v.unsqueeze(0) if v.dim() else v for n, v in cols[0].items()}
         else:
             src = {n: torch.stack([c[n] for c in cols]) for n in cols[0]}
-        dx, dy = prm[:, 2:3] * 1e-3, prm[:, 3:4] * 1e-3
-        dxp, dyp = prm[:, 4:5] * 1e-6, prm[:, 5:6] * 1e-6
-        sx, sy = prm[:, 6:7], prm[:, 7:8]
-        x = src["x"] * sx + dx
-        z = src["z"] * sy + dy
-        a = src["a"] + dxp * src["b"]
-        c = src["c"] + dyp * src["b"]
-        d = torch.stack([a, src["b"].expand_as(a), c], dim=-1)
-        d = d / d.norm(dim=-1, keepdim=True)
-        p = torch.stack([x, src["y"].expand_as(x), z], dim=-1)
-        w0 = src["w0"].reshape(B, -1)[:, :1] if src["w0"].dim() else src["w0"].expand(B, 1)
-        return Rays(p=p, d=d, E=src["E"].expand(B, -1), ih=src["Jss"].expand(B, -1),
-                    iv=src["Jpp"].expand(B, -1), alive=torch.ones_like(x), w0=w0)
+        x, y, z, a, b, c = self._k["source"](src["x"], src["y"], src["z"], src["a"], src["b"],
+                                             src["c"], prm)
+        w0 = src["w0"].reshape(-1, 1)[:, :1].expand(B, 1) if src["w0"].dim() \
+            else src["w0"].expand(B, 1)
+        # energies and intensities stay (1, N) while every state shares them
+        return Rays(x, y, z, a, b, c, E=src["E"], ih=src["Jss"], iv=src["Jpp"],
+                    alive=torch.ones_like(x), w0=w0)
 
     # ------------------------------------------------------------------ elements
     def _rel(self, point64: np.ndarray, r: Rays) -> torch.Tensor:
         """A float64 global point relative to the rays' origin, in the working dtype."""
         return self._t(np.asarray(point64, dtype=float) - r.origin)
 
-    def _reorigin(self, r: Rays, point64: np.ndarray) -> Rays:
-        """The same rays with positions relative to *point64* (float64 global, mm)."""
-        shift = self._rel(point64, r)
-        return Rays(r.p - shift, r.d, r.E, r.ih, r.iv, r.alive, r.w0,
-                    np.asarray(point64, dtype=float))
-
-    def _to_plane(self, r: Rays, c: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        """Positions (B, N, 3) where the rays cross the plane through c (B, 3) normal n."""
-        cn = c @ n if n.dim() == 1 else (c * n).sum(-1)
-        t = (cn.unsqueeze(-1) - _dot(r.p, n)) / _dot(r.d, n)
-        return r.p + t.unsqueeze(-1) * r.d
-
     def _slits(self, e: Element, prm: torch.Tensor, r: Rays) -> Rays:
         k = self._consts[e.name]
-        r = self._reorigin(r, k["center64"])
-        c = torch.zeros(prm.shape[0], 3, dtype=self.dtype, device=self.device)
-        p = self._to_plane(r, c, k["n_in"])
-        u = _dot(p, k["xa"]) - (c @ k["xa"]).unsqueeze(-1)
-        v = _dot(p, k["za"]) - (c @ k["za"]).unsqueeze(-1)
-        if isinstance(e, Slits) and self.soft > 0:
-            eps = self.soft
-            inside = (torch.sigmoid((u - prm[:, 0:1]) / eps)
-                      * torch.sigmoid((prm[:, 1:2] - u) / eps)
-                      * torch.sigmoid((v - prm[:, 2:3]) / eps)
-                      * torch.sigmoid((prm[:, 3:4] - v) / eps))
-        elif isinstance(e, Slits):
-            inside = ((u >= prm[:, 0:1]) & (u <= prm[:, 1:2]) & (v >= prm[:, 2:3])
-                      & (v <= prm[:, 3:4]))
+        if isinstance(e, Slits):
+            mode = "slits_soft" if self.soft > 0 else "slits"
         else:
-            ap: Aperture = e  # type: ignore[assignment]
-            u, v = u - prm[:, 0:1], v - prm[:, 1:2]
-            if ap.shape == "round":
-                inside = u * u + v * v <= (ap.width_mm / 2) ** 2
-            else:
-                inside = (u.abs() <= ap.width_mm / 2) & (v.abs() <= ap.height_mm / 2)
-        return Rays(p, r.d, r.E, r.ih, r.iv, r.alive * inside, r.w0, r.origin)
+            mode = "round" if e.shape == "round" else "rect"  # type: ignore[attr-defined]
+        x, y, z, alive = self._k["slits"](r.x, r.y, r.z, r.a, r.b, r.c, r.alive,
+                                          self._rel(k["center64"], r), k["n_in"], k["xa"],
+                                          k["za"], prm, k["size"], mode)
+        return r.replace(x=x, y=y, z=z, alive=alive, origin=k["center64"])
 
-    def _surface(self, e: Mirror, x: torch.Tensor, y: torch.Tensor,
-                 bend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Surface height f(x, y) and slopes (df/dx, df/dy) in the mirror's local frame, mm."""
-        L = e.length_mm
-        if e.shape == "elliptical":
-            A, beta, gamma, k1, k2 = self._ellipse_coeffs(e, bend)
-            # the surface height f solves A f^2 + Bq f + C = 0 with C = y (gamma y - 2 k1),
-            # which vanishes exactly at the centre: the small root has no cancellation
-            Bq = 2.0 * (beta * y - k2)
-            C = y * (gamma * y - 2.0 * k1)
-            disc = (Bq * Bq - 4.0 * A * C).clamp(min=1e-30)
-            sgn = torch.where(Bq >= 0, torch.ones_like(Bq), -torch.ones_like(Bq))
-            f = -2.0 * C / (Bq + sgn * torch.sqrt(disc))
-            fy = -(beta * f + gamma * y - k1) / (A * f + beta * y - k2)
-            return f, torch.zeros_like(f), fy
-        kappa0 = 1.0 / (e.radius_m * 1e3) if e.radius_m is not None else 0.0
-        kappa = kappa0 + 8.0 * bend / L**2
-        if e.shape == "toroidal":
-            r = e.sagittal_radius_mm
-            root = torch.sqrt((r * r - x * x).clamp(min=1e-12))
-            # r - sqrt(r^2 - x^2) without cancellation
-            return kappa * y * y / 2 + x * x / (r + root), x / root, kappa * y
-        # flat / cylindrical: a bent flat with fixed ends (xrt's BentFlatMirror),
-        # whose design sag is compensated by the centre offset
-        return kappa * (y * y - L * L / 4) / 2, torch.zeros_like(y), kappa * y
-
-    def _ellipse_coeffs(self, e: Mirror, bend: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Coefficients of the elliptical cylinder in the mirror's local (y, z) frame,
-        computed in float64 (they involve near-cancelling lengths) and cast.
+    def _ellipse_coeffs(self, e: Mirror, bend: torch.Tensor) -> torch.Tensor:
+        """Coefficients ``(alpha, beta, gamma, k1, k2)`` (B, 5) of the elliptical cylinder
+        in the mirror's local (y, z) frame, computed in float64 (they involve
+        near-cancelling lengths) and cast.
 
         With foci F1 = p (-cos t, sin t) and F2 = q (cos t, sin t), centre (cy, cz),
         major-axis direction (ey, ez), semi-axes a and b: the ellipse reads
@@ -476,67 +427,32 @@ class FastBackend:
         gamma = ey * ey / (a * a) + ez * ez / b2
         k1 = gamma * cy + beta * cz
         k2 = beta * cy + alpha * cz
-        return tuple(v.to(self.dtype) for v in (alpha, beta, gamma, k1, k2))
+        return torch.stack([alpha, beta, gamma, k1, k2], -1).to(self.dtype)
 
-    def _intersect(self, e: Mirror, pl: torch.Tensor, dl: torch.Tensor,
-                   bend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        t = -pl[..., 2] / dl[..., 2]
-        for _ in range(_NEWTON_STEPS):
-            q = pl + t.unsqueeze(-1) * dl
-            f, fx, fy = self._surface(e, q[..., 0], q[..., 1], bend)
-            g = q[..., 2] - f
-            dg = dl[..., 2] - fx * dl[..., 0] - fy * dl[..., 1]
-            t = t - g / dg
-        q = pl + t.unsqueeze(-1) * dl
-        _, fx, fy = self._surface(e, q[..., 0], q[..., 1], bend)
-        n = torch.stack([-fx, -fy, torch.ones_like(fx)], dim=-1)
-        return q, n / n.norm(dim=-1, keepdim=True), t
+    def _surface_coeffs(self, e: Mirror, bend: torch.Tensor) -> torch.Tensor:
+        """Per-state surface coefficients (B, k) for :func:`twin._fast_kernels._surface`."""
+        if e.shape == "elliptical":
+            return self._ellipse_coeffs(e, bend)
+        kappa0 = 1.0 / (e.radius_m * 1e3) if e.radius_m is not None else 0.0
+        kappa = kappa0 + 8.0 * bend / e.length_mm**2
+        other = e.sagittal_radius_mm if e.shape == "toroidal" else e.length_mm
+        return torch.stack([kappa, torch.full_like(kappa, float(other))], -1)
 
     def _mirror(self, e: Mirror, prm: torch.Tensor, r: Rays) -> Rays:
         k = self._consts[e.name]
-        B = prm.shape[0]
-        r = self._reorigin(r, self.frames[e.name].center)
-        zero = torch.zeros(B, 3, dtype=self.dtype, device=self.device)
-        r = Rays(self._to_plane(r, zero, k["n_in"]), r.d, r.E, r.ih, r.iv, r.alive, r.w0,
-                 r.origin)  # carry the rays to the design plane: small local numbers
         R = k["R0"] @ _rot("z", prm[:, 2]) @ _rot("y", prm[:, 1]) @ _rot("x", prm[:, 0])
-        c = (self._rel(k["c0_64"], r) + prm[:, 3:4] * k["normal"]
-             + prm[:, 4:5] * k["lat"])
-        pl = torch.bmm(r.p - c.unsqueeze(1), R)  # R^T p, row vectors
-        dl = torch.bmm(r.d, R)
-        q, n, t = self._intersect(e, pl, dl, prm[:, 5:6].expand(B, 1))
-        # no "t > 0" test: the rays start on the plane through the mirror centre, and those
-        # that meet the surface upstream of that plane have t < 0 (they came from upstream)
-        hit = ((q[..., 0].abs() <= e.width_mm / 2) & (q[..., 1].abs() <= e.length_mm / 2)
-               & torch.isfinite(q).all(-1) & torch.isfinite(n).all(-1))
-        # rays that miss are dead; give them finite stand-in values so that no NaN
-        # reaches a reading or a gradient
-        q = torch.where(hit.unsqueeze(-1), q, torch.zeros_like(q))
-        n = torch.where(hit.unsqueeze(-1), n, torch.tensor([0.0, 0.0, 1.0], dtype=self.dtype,
-                                                             device=self.device))
-        dn = (dl[..., 0] * n[..., 0] + dl[..., 1] * n[..., 1]
-              + dl[..., 2] * n[..., 2]).unsqueeze(-1)
-        if self.soft > 0:  # soft mirror ends (the footprint runs along y)
-            half = e.length_mm / 2
-            soft_hit = (torch.sigmoid((half - q[..., 1]) / self.soft)
-                        * torch.sigmoid((q[..., 1] + half) / self.soft))
-            hit_w = torch.where(hit, soft_hit, torch.zeros_like(soft_hit))
-        else:
-            hit_w = hit.to(self.dtype)
-        d_out = dl - 2 * dn * n
-        sin_g = (-dn.squeeze(-1)).clamp(min=0.0)
-        e_lo, e_hi = self._band(r)
-        t_s, t_p = self._mirror_table(e.name, e_lo, e_hi)
-        grazing = torch.asin(sin_g.clamp(max=1.0 - 1e-12))
-        rs = t_s(r.E, grazing)
-        rp = rs if t_p is t_s else t_p(r.E, grazing)
-        vertical = e.deflection in ("up", "down")
-        ih = torch.where(hit, r.ih * (rs if vertical else rp), torch.zeros_like(rs))
-        iv = torch.where(hit, r.iv * (rp if vertical else rs), torch.zeros_like(rs))
-        Rt = R.transpose(1, 2)
-        p_g = torch.bmm(q, Rt) + c.unsqueeze(1)
-        d_g = torch.bmm(d_out, Rt)
-        return Rays(p_g, d_g, r.E, ih, iv, r.alive * hit_w, r.w0, r.origin)
+        center = k["center64"]
+        cpos = (self._t(k["c0_64"] - center) + prm[:, 3:4] * k["normal"]
+                + prm[:, 4:5] * k["lat"])
+        t_s, t_p = self._mirror_table(e.name, *self._band(r))
+        shape = e.shape if e.shape in ("elliptical", "toroidal") else "flat"
+        out = self._k["mirror"](r.x, r.y, r.z, r.a, r.b, r.c, r.E, r.ih, r.iv, r.alive,
+                                self._rel(center, r), k["n_in"], R, cpos,
+                                self._surface_coeffs(e, prm[:, 5]), k["size"], t_s.v, t_s.g,
+                                t_p.v, t_p.g, shape, t_s.two_d, t_p is t_s,
+                                e.deflection in ("up", "down"), self.soft > 0, _NEWTON_STEPS)
+        return r.replace(**dict(zip(("x", "y", "z", "a", "b", "c", "ih", "iv", "alive"), out,
+                                    strict=True)), origin=center)
 
     @staticmethod
     def _compact(r: Rays) -> Rays:
@@ -547,9 +463,7 @@ class FastBackend:
             return r
         keep[0] = True  # one (possibly dead) ray keeps every shape valid
         idx = torch.nonzero(keep).squeeze(-1)
-        return Rays(r.p.index_select(1, idx), r.d.index_select(1, idx), r.E.index_select(1, idx),
-                    r.ih.index_select(1, idx), r.iv.index_select(1, idx),
-                    r.alive.index_select(1, idx), r.w0, r.origin)
+        return r.select(idx)
 
     def _band(self, r: Rays) -> tuple[float, float]:
         """Energy range of the reflectivity tables: the source band of this run, snapped
@@ -561,10 +475,10 @@ class FastBackend:
         """Pose of crystal 1 or 2, composed exactly as xrt's DCM.local_to_global."""
         k = self._consts[e.name]
         B = prm.shape[0]
-        el = torch.full((B,), k["el"], dtype=self.dtype, device=self.device)
-        az = torch.full((B,), k["az"], dtype=self.dtype, device=self.device)
+        el = torch.full((B,), k["el"], dtype=prm.dtype, device=self.device)
+        az = torch.full((B,), k["az"], dtype=prm.dtype, device=self.device)
         bragg, pitch2, roll2, perp = prm[:, 0], prm[:, 1], prm[:, 2], prm[:, 3]
-        c = torch.zeros(B, 3, dtype=self.dtype, device=self.device)  # rays are re-origined
+        c = torch.zeros(B, 3, dtype=prm.dtype, device=self.device)  # rays are re-origined
         if not second:
             R = _rot("z", -az) @ _rot("x", el + bragg)
             return R, c
@@ -574,59 +488,37 @@ class FastBackend:
         return R, c + torch.einsum("bij,bj->bi", R, t)
 
     def _mono(self, e: Element, prm: torch.Tensor, r: Rays) -> Rays:
-        w, L = e.width_mm / 2, e.length_mm / 2  # type: ignore[attr-defined]
-        e_lo, e_hi = self._band(r)
-        if isinstance(e, CrystalMonochromator):
-            t_s, t_p = self._crystal_table(e.name, e_lo, e_hi)
-            d_A = self._consts[e.name]["d_A"]
-            s_b = physics.HC_EV_ANGSTROM / (2.0 * d_A * r.E)
-            theta_b = torch.asin(s_b.clamp(max=1.0 - 1e-12))
-        else:
-            t_s, t_p = self._mirror_table(e.name, e_lo, e_hi)
-            theta_b = None
-        r = self._reorigin(r, self._consts[e.name]["center64"])
-        zero = torch.zeros(prm.shape[0], 3, dtype=self.dtype, device=self.device)
-        p = self._to_plane(r, zero, self._consts[e.name]["n_in"])
-        d, ih, iv, alive = r.d, r.ih, r.iv, r.alive
-        for second, half_len in ((False, L), (True, 2 * L)):
-            R, c = self._crystal_pose(e, prm, second)
-            pl = torch.bmm(p - c.unsqueeze(1), R)
-            dl = torch.bmm(d, R)
-            t = -pl[..., 2] / dl[..., 2]
-            q = pl + t.unsqueeze(-1) * dl
-            # crystal 1 is met from the plane through its centre (t may be < 0); crystal 2
-            # lies downstream of crystal 1
-            forward = (t > 0) if second else torch.ones_like(t, dtype=torch.bool)
-            hit = ((q[..., 0].abs() <= w) & (q[..., 1].abs() <= half_len) & forward
-                   & torch.isfinite(q).all(-1))
-            q = torch.where(hit.unsqueeze(-1), q, torch.zeros_like(q))
-            sin_g = (-dl[..., 2]).clamp(min=0.0, max=1.0 - 1e-12)
-            ang = torch.asin(sin_g)
-            x = ang - theta_b if theta_b is not None else ang
-            rs, rp = t_s(r.E, x), t_p(r.E, x)
-            # vertical diffraction: the horizontal polarisation is sigma
-            ih = torch.where(hit, ih * rs, torch.zeros_like(rs))
-            iv = torch.where(hit, iv * rp, torch.zeros_like(rp))
-            dl = dl * torch.tensor([1.0, 1.0, -1.0], dtype=self.dtype, device=self.device)
-            Rt = R.transpose(1, 2)
-            p = torch.bmm(q, Rt) + c.unsqueeze(1)
-            d = torch.bmm(dl, Rt)
-            alive = alive * hit
-        return Rays(p, d, r.E, ih, iv, alive, r.w0, r.origin)
+        k = self._consts[e.name]
+        crystal = isinstance(e, CrystalMonochromator)
+        band = self._band(r)
+        t_s, t_p = self._crystal_table(e.name, *band) if crystal else \
+            self._mirror_table(e.name, *band)
+        f64 = torch.float64
+        R1, c1 = self._crystal_pose(e, prm.to(f64), False)
+        R2, c2 = self._crystal_pose(e, prm.to(f64), True)
+        # the Bragg angles are large (0.1-0.5 rad): in float32, rotating the rays into and
+        # out of the crystal frames would leave ~1e-7 rad of noise on every ray, 3 um at
+        # the sample. The kernel therefore computes in float64 whatever the dtype; the
+        # directions that come out are close to the incoming axis again, and float32
+        # stores them with no such loss.
+        out = self._k["mono"](*(v.to(f64) for v in (r.x, r.y, r.z, r.a, r.b, r.c, r.E, r.ih,
+                                                    r.iv, r.alive)),
+                              torch.as_tensor(k["center64"] - r.origin, dtype=f64,
+                                              device=self.device),
+                              *(v.to(f64) for v in (k["n_in"], R1, c1, R2, c2, k["size"],
+                                                    t_s.v, t_s.g, t_p.v, t_p.g, k["kb"])),
+                              t_s.two_d, t_p is t_s, crystal)
+        out = tuple(v.to(self.dtype) for v in out)
+        return r.replace(**dict(zip(("x", "y", "z", "a", "b", "c", "ih", "iv", "alive"), out,
+                                    strict=True)), origin=k["center64"])
 
     def _observe(self, e: Element, prm: torch.Tensor, r: Rays) -> Hits:
         k = self._consts[e.name]
-        c = (self._rel(k["center64"], r) + prm[:, 0:1] * k["xa"] + prm[:, 1:2] * k["za"]
-             + prm[:, 2:3] * k["n_in"])
-        p = self._to_plane(r, c, k["n_in"])
-        rel = p - c.unsqueeze(1)
-        w = r.weights()
-        x = _dot(rel, k["xa"]) * 1e3
-        y = _dot(rel, k["za"]) * 1e3
-        ok = (w > 0) & torch.isfinite(x) & torch.isfinite(y)
-        x = torch.where(ok, x, torch.zeros_like(x))
-        y = torch.where(ok, y, torch.zeros_like(y))
-        return Hits(x, y, torch.where(ok, w, torch.zeros_like(w)))
+        cpt = (self._rel(k["center64"], r) + prm[:, 0:1] * k["xa"] + prm[:, 1:2] * k["za"]
+               + prm[:, 2:3] * k["n_in"])
+        x, y, w = self._k["observe"](r.x, r.y, r.z, r.a, r.b, r.c, r.ih, r.iv, r.alive, r.w0,
+                                     cpt, k["n_in"], k["xa"], k["za"])
+        return Hits(x, y, w)
 
     # ------------------------------------------------------------------ tracing
     def run(self, params: Mapping[str, torch.Tensor], rays: int, seed: int) -> dict[str, Hits]:
@@ -672,9 +564,8 @@ class FastBackend:
     @staticmethod
     def _expand(r: Rays, B: int) -> Rays:
         """Rays of one shared state, repeated for B states."""
-        return Rays(r.p.expand(B, -1, -1), r.d.expand(B, -1, -1), r.E.expand(B, -1),
-                    r.ih.expand(B, -1), r.iv.expand(B, -1), r.alive.expand(B, -1),
-                    r.w0.expand(B, -1), r.origin)
+        return r.replace(**{f: getattr(r, f).expand(B, -1) for f in _RAY_FIELDS},
+                         w0=r.w0.expand(B, -1))
 
     def trace(self, settings: tuple[ElementSettings, ...], rays: int, seed: int) -> dict[str, Any]:
         """The :class:`twin.tracer.Twin` interface: one state, numpy hits."""
@@ -690,4 +581,3 @@ class FastBackend:
         """Forget cached source rays and tables."""
         self._sources.clear()
         self._tables.clear()
-

@@ -1,0 +1,295 @@
+"""Per-element ray kernels of the fast twin: pure tensor functions.
+
+The rays are a structure of arrays: positions ``x, y, z`` (mm, relative to the
+design centre of the last element passed), unit directions ``a, b, c``,
+energies ``E`` (eV), the intensities of the two polarisations ``ih, iv`` and
+the 0/1 ``alive`` weight, each ``(B, N)`` (or ``(1, N)`` where every state
+shares them). Per-state parameters are ``(B, k)`` tensors.
+
+Every numeric constant reaches a kernel as a tensor, and the only Python-level
+arguments are the few strings and flags that choose a formula (surface shape,
+1-D or 2-D table, hard or soft edges). The same functions therefore run eagerly
+(autograd included) or compiled by :func:`torch.compile`, which fuses each
+element's hundred-odd element-wise operations into a few loops over the rays:
+one compiled graph per element kind and formula, shared by every element of
+that kind whatever its numbers.
+
+Rotations follow xrt's conventions: ``R`` maps local to global coordinates and
+row vectors transform as ``p_local = (p - c) R``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+Tensor = torch.Tensor
+Vec = tuple[Tensor, Tensor, Tensor]
+
+__all__ = ["source", "slits", "mirror", "mono", "observe", "lerp1", "lerp2", "KERNELS"]
+
+
+# --------------------------------------------------------------------------- helpers
+def _col(m: Tensor, i: int, j: int) -> Tensor:
+    """Entry (i, j) of a (B, 3, 3) batch of matrices, as a (B, 1) column."""
+    return m[:, i, j].unsqueeze(-1)
+
+
+def _to_local(x: Tensor, y: Tensor, z: Tensor, R: Tensor) -> Vec:
+    """Row vectors times R: global to local components."""
+    return (x * _col(R, 0, 0) + y * _col(R, 1, 0) + z * _col(R, 2, 0),
+            x * _col(R, 0, 1) + y * _col(R, 1, 1) + z * _col(R, 2, 1),
+            x * _col(R, 0, 2) + y * _col(R, 1, 2) + z * _col(R, 2, 2))
+
+
+def _to_global(x: Tensor, y: Tensor, z: Tensor, R: Tensor) -> Vec:
+    """Row vectors times R^T: local to global components."""
+    return (x * _col(R, 0, 0) + y * _col(R, 0, 1) + z * _col(R, 0, 2),
+            x * _col(R, 1, 0) + y * _col(R, 1, 1) + z * _col(R, 1, 2),
+            x * _col(R, 2, 0) + y * _col(R, 2, 1) + z * _col(R, 2, 2))
+
+
+def _to_plane_through_origin(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor,
+                             c: Tensor, n: Tensor) -> Vec:
+    """Positions where the rays cross the plane through 0 with normal n (3,)."""
+    t = -(x * n[0] + y * n[1] + z * n[2]) / (a * n[0] + b * n[1] + c * n[2])
+    return x + t * a, y + t * b, z + t * c
+
+
+def lerp1(v: Tensor, g: Tensor, a: Tensor) -> Tensor:
+    """Linear interpolation of values *v* on a regular grid ``g = (a0, da, n - 1, n - 2)``
+    at *a*; clamped to the grid, differentiable in *a*."""
+    fa = torch.nan_to_num((a - g[0]) / g[1]).clamp(min=0.0).minimum(g[2])
+    ia = fa.detach().floor().minimum(g[3])
+    i = ia.long()
+    v0 = v[i]
+    return v0 + (v[i + 1] - v0) * (fa - ia)
+
+
+def lerp2(v: Tensor, g: Tensor, E: Tensor, a: Tensor) -> Tensor:
+    """Bilinear interpolation of row-major values *v* on a regular (energy, angle) grid
+    ``g = (e0, de, ne - 1, max(ne - 2, 0), a0, da, na - 1, na - 2, na)``."""
+    fe = torch.nan_to_num((E - g[0]) / g[1]).clamp(min=0.0).minimum(g[2])
+    fa = torch.nan_to_num((a - g[4]) / g[5]).clamp(min=0.0).minimum(g[6])
+    ie = fe.detach().floor().minimum(g[3])
+    ia = fa.detach().floor().minimum(g[7])
+    te, ta = (fe - ie).clamp(0.0, 1.0), (fa - ia).clamp(0.0, 1.0)
+    ie1 = (ie + 1).minimum(g[2])
+    row0, row1 = (ie * g[8]).long(), (ie1 * g[8]).long()
+    j = ia.long()
+    top = v[row0 + j] * (1 - ta) + v[row0 + j + 1] * ta
+    bot = v[row1 + j] * (1 - ta) + v[row1 + j + 1] * ta
+    return top * (1 - te) + bot * te
+
+
+def _reflectivity(v: Tensor, g: Tensor, E: Tensor, ang: Tensor, two_d: bool) -> Tensor:
+    return lerp2(v, g, E, ang) if two_d else lerp1(v, g, ang)
+
+
+# --------------------------------------------------------------------------- source
+def source(sx: Tensor, sy: Tensor, sz: Tensor, sa: Tensor, sb: Tensor, sc: Tensor,
+           prm: Tensor) -> tuple[Tensor, ...]:
+    """Cached source rays (1, N) perturbed per state: position (um), pointing (urad) and
+    size multipliers in ``prm[:, 2:8]``. Returns positions and unit directions (B, N)."""
+    x = sx * prm[:, 6:7] + prm[:, 2:3] * 1e-3
+    z = sz * prm[:, 7:8] + prm[:, 3:4] * 1e-3
+    a = sa + prm[:, 4:5] * 1e-6 * sb
+    c = sc + prm[:, 5:6] * 1e-6 * sb
+    b = sb.expand_as(a)
+    inv = torch.rsqrt(a * a + b * b + c * c)
+    return x, sy.expand_as(x), z, a * inv, b * inv, c * inv
+
+
+# --------------------------------------------------------------------------- slits
+def slits(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, alive: Tensor,
+          shift: Tensor, n: Tensor, xa: Tensor, za: Tensor, lim: Tensor, size: Tensor,
+          mode: str) -> tuple[Tensor, ...]:
+    """Slit blades or an aperture in the plane through its design centre.
+
+    *shift* (3,) moves the origin to that centre; *lim* is ``(B, 4)``: the blades
+    (left, right, bottom, top, mm) for slits, or the aperture's offset ``(dx, dz, -, -)``.
+    *size* is ``(half width, half height, soft edge width)`` in mm. *mode* is
+    ``"slits"``, ``"slits_soft"``, ``"round"`` or ``"rect"``.
+    Returns the positions on that plane and the new alive weights.
+    """
+    x, y, z = _to_plane_through_origin(x - shift[0], y - shift[1], z - shift[2], a, b, c, n)
+    u = x * xa[0] + y * xa[1] + z * xa[2]
+    v = x * za[0] + y * za[1] + z * za[2]
+    if mode == "slits_soft":
+        eps = size[2]
+        inside = (torch.sigmoid((u - lim[:, 0:1]) / eps) * torch.sigmoid((lim[:, 1:2] - u) / eps)
+                  * torch.sigmoid((v - lim[:, 2:3]) / eps) * torch.sigmoid((lim[:, 3:4] - v) / eps))
+    elif mode == "slits":
+        inside = ((u >= lim[:, 0:1]) & (u <= lim[:, 1:2]) & (v >= lim[:, 2:3])
+                  & (v <= lim[:, 3:4])).to(alive.dtype)
+    else:
+        u, v = u - lim[:, 0:1], v - lim[:, 1:2]
+        if mode == "round":
+            inside = (u * u + v * v <= size[0] * size[0]).to(alive.dtype)
+        else:
+            inside = ((u.abs() <= size[0]) & (v.abs() <= size[1])).to(alive.dtype)
+    return x, y, z, alive * inside
+
+
+# --------------------------------------------------------------------------- mirrors
+def _surface(shape: str, x: Tensor, y: Tensor, surf: Tensor) -> Vec:
+    """Surface height f(x, y) and slopes (df/dx, df/dy) in the mirror's local frame, mm.
+
+    *surf* (B, k) holds the per-state coefficients:
+
+    * ``"flat"`` (also cylindrical): a bent flat with fixed ends, xrt's BentFlatMirror,
+      whose design sag is compensated by the centre offset: ``(kappa, L)``;
+    * ``"toroidal"``: ``(kappa, sagittal radius)``;
+    * ``"elliptical"``: the elliptical cylinder ``alpha Z^2 + 2 beta Y Z + gamma Y^2 = 1``
+      as ``(alpha, beta, gamma, k1, k2)`` (see ``FastBackend._ellipse_coeffs``).
+    """
+    if shape == "elliptical":
+        A, beta, gamma = surf[:, 0:1], surf[:, 1:2], surf[:, 2:3]
+        k1, k2 = surf[:, 3:4], surf[:, 4:5]
+        # f solves A f^2 + Bq f + C = 0 with C = y (gamma y - 2 k1), which vanishes exactly
+        # at the centre: the small root has no cancellation
+        Bq = 2.0 * (beta * y - k2)
+        C = y * (gamma * y - 2.0 * k1)
+        disc = (Bq * Bq - 4.0 * A * C).clamp(min=1e-30)
+        sgn = torch.where(Bq >= 0, 1.0, -1.0)
+        f = -2.0 * C / (Bq + sgn * torch.sqrt(disc))
+        fy = -(beta * f + gamma * y - k1) / (A * f + beta * y - k2)
+        return f, torch.zeros_like(f), fy
+    kappa = surf[:, 0:1]
+    if shape == "toroidal":
+        r = surf[:, 1:2]
+        root = torch.sqrt((r * r - x * x).clamp(min=1e-12))
+        # r - sqrt(r^2 - x^2) without cancellation
+        return kappa * y * y / 2 + x * x / (r + root), x / root, kappa * y
+    L = surf[:, 1:2]
+    return kappa * (y * y - L * L / 4) / 2, torch.zeros_like(y), kappa * y
+
+
+def mirror(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, E: Tensor,
+           ih: Tensor, iv: Tensor, alive: Tensor, shift: Tensor, n_in: Tensor, R: Tensor,
+           cpos: Tensor, surf: Tensor, size: Tensor, tab_s: Tensor, g_s: Tensor, tab_p: Tensor,
+           g_p: Tensor, shape: str, two_d: bool, same_sp: bool, vertical: bool, soft: bool,
+           newton_steps: int = 3) -> tuple[Tensor, ...]:
+    """Specular reflection off a mirror at pose (R (B, 3, 3), centre cpos (B, 3)).
+
+    The rays are first carried to the plane through the design centre (small local
+    numbers), then intersected exactly with the surface (Newton iterations on
+    z = f(x, y) from the tangent plane), clipped by the footprint (*size*: half width,
+    half length, soft edge width, mm) and weighted by the coating's reflectivity
+    tables (``tab_s``/``tab_p`` against the sine of the grazing angle, which spares an
+    arcsine per ray; *same_sp* when one table serves both polarisations). Returns the positions,
+    directions, intensities and alive weights after the mirror.
+    """
+    x, y, z = _to_plane_through_origin(x - shift[0], y - shift[1], z - shift[2], a, b, c, n_in)
+    px, py, pz = _to_local(x - cpos[:, 0:1], y - cpos[:, 1:2], z - cpos[:, 2:3], R)
+    dx, dy, dz = _to_local(a, b, c, R)
+    t = -pz / dz
+    for _ in range(newton_steps):
+        qx, qy = px + t * dx, py + t * dy
+        f, fx, fy = _surface(shape, qx, qy, surf)
+        t = t - (pz + t * dz - f) / (dz - fx * dx - fy * dy)
+    qx, qy, qz = px + t * dx, py + t * dy, pz + t * dz
+    _, fx, fy = _surface(shape, qx, qy, surf)
+    inv = torch.rsqrt(fx * fx + fy * fy + 1.0)
+    nx, ny, nz = -fx * inv, -fy * inv, inv
+    # no "t > 0" test: the rays start on the plane through the mirror centre, and those
+    # that meet the surface upstream of that plane have t < 0 (they came from upstream)
+    hit = ((qx.abs() <= size[0]) & (qy.abs() <= size[1]) & torch.isfinite(qx)
+           & torch.isfinite(qy) & torch.isfinite(qz) & torch.isfinite(inv)
+           & torch.isfinite(nx) & torch.isfinite(ny))
+    # rays that miss are dead; finite stand-ins keep NaN out of readings and gradients
+    qx, qy, qz = (torch.where(hit, qx, 0.0), torch.where(hit, qy, 0.0),
+                  torch.where(hit, qz, 0.0))
+    nx, ny, nz = torch.where(hit, nx, 0.0), torch.where(hit, ny, 0.0), torch.where(hit, nz, 1.0)
+    dn = dx * nx + dy * ny + dz * nz
+    if soft:  # soft mirror ends (the footprint runs along y)
+        eps = size[2]
+        hit_w = torch.where(hit, torch.sigmoid((size[1] - qy) / eps)
+                            * torch.sigmoid((qy + size[1]) / eps), 0.0)
+    else:
+        hit_w = hit.to(alive.dtype)
+    ox, oy, oz = dx - 2 * dn * nx, dy - 2 * dn * ny, dz - 2 * dn * nz
+    sin_g = (-dn).clamp(min=0.0, max=1.0 - 1e-12)  # the tables run in sin(grazing angle)
+    rs = _reflectivity(tab_s, g_s, E, sin_g, two_d)
+    rp = rs if same_sp else _reflectivity(tab_p, g_p, E, sin_g, two_d)
+    r_h, r_v = (rs, rp) if vertical else (rp, rs)
+    ih = torch.where(hit, ih * r_h, 0.0)
+    iv = torch.where(hit, iv * r_v, 0.0)
+    gx, gy, gz = _to_global(qx, qy, qz, R)
+    a, b, c = _to_global(ox, oy, oz, R)
+    return (gx + cpos[:, 0:1], gy + cpos[:, 1:2], gz + cpos[:, 2:3], a, b, c, ih, iv,
+            alive * hit_w)
+
+
+# --------------------------------------------------------------------------- DCM
+def mono(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, E: Tensor,
+         ih: Tensor, iv: Tensor, alive: Tensor, shift: Tensor, n_in: Tensor, R1: Tensor,
+         c1: Tensor, R2: Tensor, c2: Tensor, size: Tensor, tab_s: Tensor, g_s: Tensor,
+         tab_p: Tensor, g_p: Tensor, kb: Tensor, two_d: bool, same_sp: bool,
+         crystal: bool) -> tuple[Tensor, ...]:
+    """The two flat reflectors of a double-crystal (or double-multilayer) monochromator.
+
+    Poses ``(R1, c1)`` and ``(R2, c2)`` as xrt composes them; *size* is (half width,
+    half length of crystal 1, half length of crystal 2), mm. For crystals the tables
+    hold the intrinsic Bragg curve against the deviation from the kinematic angle
+    ``asin(kb / E)`` (``kb = hc / 2d``, eV); for multilayers, against the sine of the
+    grazing angle.
+    """
+    if crystal:  # sine and cosine of the kinematic Bragg angle of each ray
+        s_b = (kb / E).clamp(max=1.0 - 1e-12)
+        c_b = torch.sqrt(1.0 - s_b * s_b)
+    x, y, z = _to_plane_through_origin(x - shift[0], y - shift[1], z - shift[2], a, b, c, n_in)
+    for second in (False, True):
+        R, cc = (R2, c2) if second else (R1, c1)
+        px, py, pz = _to_local(x - cc[:, 0:1], y - cc[:, 1:2], z - cc[:, 2:3], R)
+        dx, dy, dz = _to_local(a, b, c, R)
+        t = -pz / dz
+        qx, qy, qz = px + t * dx, py + t * dy, pz + t * dz
+        # crystal 1 is met from the plane through its centre (t may be < 0); crystal 2
+        # lies downstream of crystal 1
+        hit = ((qx.abs() <= size[0]) & (qy.abs() <= (size[2] if second else size[1]))
+               & torch.isfinite(qx) & torch.isfinite(qy) & torch.isfinite(qz))
+        if second:
+            hit = hit & (t > 0)
+        qx, qy, qz = (torch.where(hit, qx, 0.0), torch.where(hit, qy, 0.0),
+                      torch.where(hit, qz, 0.0))
+        s = (-dz).clamp(min=0.0, max=1.0 - 1e-12)
+        if crystal:
+            # the deviation from the Bragg angle, asin(s) - asin(s_b), without an arcsine:
+            # sin(dev) is small, and asin(u) = u + u^3 / 6 to 1e-17 rad over the table
+            u = s * c_b - torch.sqrt(1.0 - s * s) * s_b
+            dev = u + u * u * u / 6.0
+        else:  # multilayer tables run in sin(grazing angle)
+            dev = s
+        rs = _reflectivity(tab_s, g_s, E, dev, two_d)
+        rp = rs if same_sp else _reflectivity(tab_p, g_p, E, dev, two_d)
+        # vertical diffraction: the horizontal polarisation is sigma
+        ih = torch.where(hit, ih * rs, 0.0)
+        iv = torch.where(hit, iv * rp, 0.0)
+        gx, gy, gz = _to_global(qx, qy, qz, R)
+        x, y, z = gx + cc[:, 0:1], gy + cc[:, 1:2], gz + cc[:, 2:3]
+        a, b, c = _to_global(dx, dy, -dz, R)
+        alive = alive * hit.to(alive.dtype)
+    return x, y, z, a, b, c, ih, iv, alive
+
+
+# --------------------------------------------------------------------------- observers
+def observe(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, ih: Tensor,
+            iv: Tensor, alive: Tensor, w0: Tensor, cpt: Tensor, n: Tensor, xa: Tensor,
+            za: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Rays on the plane of an observation point centred at *cpt* (B, 3), normal *n*:
+    local positions (um) along *xa* and *za*, and weights (photons/s); rays that are
+    dead or not finite weigh exactly 0 at position 0."""
+    cx, cy, cz = cpt[:, 0:1], cpt[:, 1:2], cpt[:, 2:3]
+    x, y, z = x - cx, y - cy, z - cz
+    t = -(x * n[0] + y * n[1] + z * n[2]) / (a * n[0] + b * n[1] + c * n[2])
+    x, y, z = x + t * a, y + t * b, z + t * c
+    u = (x * xa[0] + y * xa[1] + z * xa[2]) * 1e3
+    v = (x * za[0] + y * za[1] + z * za[2]) * 1e3
+    w = torch.where(alive > 0, (ih + iv) * w0 * alive, 0.0)
+    ok = (w > 0) & torch.isfinite(u) & torch.isfinite(v)
+    return torch.where(ok, u, 0.0), torch.where(ok, v, 0.0), torch.where(ok, w, 0.0)
+
+
+#: the kernels by name, as :class:`twin._fast_backend.FastBackend` calls them
+KERNELS = {"source": source, "slits": slits, "mirror": mirror, "mono": mono,
+           "observe": observe}
