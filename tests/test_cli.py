@@ -109,9 +109,13 @@ def test_bench_twin_fast_json():
     code, doc = run("bench", "twin", "--backend", "fast", "--batch", "8", "--rays", "500",
                     "--repeats", "1", "--json")
     assert code == 0
-    assert {"backend", "batch", "rays", "states_per_s", "xrt_states_per_s", "speedup"} <= set(doc)
+    assert {"backend", "batch", "rays", "states_per_s", "xrt_states_per_s", "speedup",
+            "observed_states_per_s", "xrt_observed_states_per_s", "observed_speedup"} <= set(doc)
     assert doc["backend"] == "fast" and doc["batch"] == 8 and doc["rays"] == 500
     assert doc["speedup"] == pytest.approx(doc["states_per_s"] / doc["xrt_states_per_s"])
+    assert doc["observed_speedup"] == pytest.approx(
+        doc["observed_states_per_s"] / doc["xrt_observed_states_per_s"])
+    assert doc["compile"] is False and doc["dtype"] == "float64"
 
 
 def test_twin_trace_fast_backend_gives_the_same_keys_and_numbers():

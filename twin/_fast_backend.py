@@ -271,6 +271,10 @@ class FastBackend:
         self._run_band = (desc.energy_eV - 10.0, desc.energy_eV + 10.0)
         self.stats = {"source_builds": 0, "states_traced": 0}
 
+    def kernel(self, name: str) -> Any:
+        """The kernel *name* of :data:`twin._fast_kernels.KERNELS`, compiled if asked."""
+        return self._k[name]
+
     # ------------------------------------------------------------------ constants
     def _t(self, a: Any) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a, dtype=float), dtype=self.dtype, device=self.device)

@@ -25,7 +25,8 @@ import torch
 Tensor = torch.Tensor
 Vec = tuple[Tensor, Tensor, Tensor]
 
-__all__ = ["source", "slits", "mirror", "mono", "observe", "lerp1", "lerp2", "KERNELS"]
+__all__ = ["source", "slits", "mirror", "mono", "observe", "moments", "lerp1", "lerp2",
+           "KERNELS"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -290,6 +291,23 @@ def observe(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, ih
     return torch.where(ok, u, 0.0), torch.where(ok, v, 0.0), torch.where(ok, w, 0.0)
 
 
+# --------------------------------------------------------------------------- readings
+def moments(x: Tensor, y: Tensor, w: Tensor, half: Tensor,
+            fov: bool) -> tuple[Tensor, ...]:
+    """Weights inside the field of view (*half*: half width and height, um, when *fov*)
+    and the weighted moments per state: flux, centroids (um) and rms sizes (um).
+    Dark states get finite stand-ins (the caller masks them)."""
+    if fov:
+        w = torch.where((x.abs() <= half[0]) & (y.abs() <= half[1]), w, 0.0)
+    flux = w.sum(-1)
+    safe = flux.clamp(min=1e-30).unsqueeze(-1)  # finite gradients even where a point is dark
+    cx = (w * x).sum(-1, keepdim=True) / safe
+    cy = (w * y).sum(-1, keepdim=True) / safe
+    rx = torch.sqrt(((w * (x - cx) ** 2).sum(-1, keepdim=True) / safe).clamp(min=1e-30))
+    ry = torch.sqrt(((w * (y - cy) ** 2).sum(-1, keepdim=True) / safe).clamp(min=1e-30))
+    return w, flux, cx.squeeze(-1), cy.squeeze(-1), rx.squeeze(-1), ry.squeeze(-1)
+
+
 #: the kernels by name, as :class:`twin._fast_backend.FastBackend` calls them
 KERNELS = {"source": source, "slits": slits, "mirror": mirror, "mono": mono,
-           "observe": observe}
+           "observe": observe, "moments": moments}

@@ -14,11 +14,15 @@ respect to the motor positions and the hidden errors; the FWHM is measured
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
+from twin import _fast_kernels as K
 from twin import physics
 from twin._fast_backend import FastBackend, Hits
 from twin.description import (
@@ -53,11 +57,20 @@ SOURCE_FIELDS = ("dx_um", "dy_um", "dxp_urad", "dyp_urad", "size_x_scale", "size
 _MIN_FWHM_RAYS = 10
 
 
+@torch.compiler.disable
+def _argsort_rows(v: torch.Tensor) -> torch.Tensor:
+    """Sorting order of each row. On the CPU numpy's vectorised sort is several times
+    torch's (measured 5x on 1024 x 1000 float64); kept out of compiled graphs."""
+    if v.device.type == "cpu":
+        return torch.from_numpy(np.argsort(v.detach().numpy(), axis=-1))
+    return torch.argsort(v, dim=-1)
+
+
 def _weighted_quantile(v: torch.Tensor, w: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
     """Weighted quantiles along the last axis, (B, N) -> (B, len(qs)): linear
     interpolation of the values on the normalised cumulative weights, as
     ``np.interp(q, cumsum(w) / sum(w), sorted(v))`` does."""
-    order = torch.argsort(v, dim=-1)
+    order = _argsort_rows(v)
     vs, ws = torch.gather(v, -1, order), torch.gather(w, -1, order)
     cw = torch.cumsum(ws, -1)
     cw = cw / cw[..., -1:].clamp(min=torch.finfo(v.dtype).tiny)
@@ -72,18 +85,29 @@ def _weighted_quantile(v: torch.Tensor, w: torch.Tensor, qs: Sequence[float]) ->
     return torch.where(q <= first, torch.gather(vs, -1, torch.zeros_like(i0)), out)
 
 
-@torch.no_grad()
-def batch_fwhm(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def _fwhm_rows(v: torch.Tensor, w: torch.Tensor, prep: Callable[..., Any] | None = None,
+               hist: Callable[..., Any] | None = None) -> torch.Tensor:
     """FWHM of weighted samples per row: the batched twin of :func:`twin.observation.fwhm`.
 
     Same estimator step for step: bins of max(sigma / 10, 2 IQR n_eff^(-1/3))
     over the data range clipped to the median +- 8 sigma (plus 3 bins), a
     1-bin Gaussian smoothing, and interpolated half-maximum crossings walked
     outwards from the maximum. NaN for fewer than 10 rays.
+
+    *prep* and *hist* replace its two stages (:func:`_fwhm_bins`,
+    :func:`_fwhm_histogram`) by compiled forms.
     """
+    prep = prep or _fwhm_bins
+    hist = hist or _fwhm_histogram
     B, N = v.shape
     if N < _MIN_FWHM_RAYS:  # every state lost all but a few rays (compacted batch)
         return torch.full((B,), math.nan, dtype=v.dtype, device=v.device)
+    lo, hi, nb_row, sigma = prep(v, w)
+    return hist(v, w, lo, hi, nb_row, sigma, int(nb_row.max()) if B else 8)
+
+
+def _fwhm_bins(v: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The binning of :func:`_fwhm_rows`: range ``lo, hi``, bins per row and sigma."""
     live = w > 0
     q25, q50, q75 = _weighted_quantile(v, w, (0.25, 0.5, 0.75)).unbind(-1)
     sigma = (q75 - q25) / 1.349
@@ -97,7 +121,15 @@ def batch_fwhm(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     lo = torch.maximum(vmin, q50 - 8 * sigma) - 3 * width
     hi = torch.minimum(vmax, q50 + 8 * sigma) + 3 * width
     nb_row = torch.nan_to_num(torch.ceil((hi - lo) / width), nan=8.0).clamp(8, 4000)
-    nb = int(nb_row.max()) if B else 8
+    return lo, hi, nb_row, sigma
+
+
+def _fwhm_histogram(v: torch.Tensor, w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                    nb_row: torch.Tensor, sigma: torch.Tensor, nb: int) -> torch.Tensor:
+    """The histogram, smoothing and half-maximum crossings of :func:`_fwhm_rows`, on
+    *nb* bins (the most of any row)."""
+    B = v.shape[0]
+    live = w > 0
     bw = (hi - lo) / nb_row  # actual bin width per row, as numpy's histogram
     idx = torch.floor((v - lo.unsqueeze(-1)) / bw.unsqueeze(-1)).long()
     idx = torch.where(v == hi.unsqueeze(-1), idx - 1, idx)
@@ -132,29 +164,36 @@ def batch_fwhm(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
                        torch.full_like(f, math.nan))
 
 
+#: the FWHM of weighted samples per row, measured (not differentiated)
+batch_fwhm = torch.no_grad()(_fwhm_rows)
+
+#: the kernels of the readings, by name (see :func:`batch_stats`)
+READING_KERNELS: dict[str, Callable[..., Any]] = {"moments": K.moments, "fwhm": batch_fwhm}
+
+
 def batch_stats(h: Hits, fov_um: tuple[float, float] | None, *, position: bool = True,
-                fwhm: bool = True) -> dict[str, torch.Tensor]:
-    """Readings of a batch of hits inside the field of view (the batched ``beam_stats``)."""
-    w = h.w
-    if fov_um is not None:
-        inside = (h.x_um.abs() <= 0.5 * fov_um[0]) & (h.y_um.abs() <= 0.5 * fov_um[1])
-        w = torch.where(inside, w, torch.zeros_like(w))
-    flux = w.sum(-1)
+                fwhm: bool = True, kernels: Mapping[str, Callable[..., Any]] | None = None
+                ) -> dict[str, torch.Tensor]:
+    """Readings of a batch of hits inside the field of view (the batched ``beam_stats``).
+
+    *kernels* (default :data:`READING_KERNELS`) sums the moments and measures the
+    FWHM; :class:`FastTwin` passes compiled forms when built with ``compile=True``.
+    """
+    kernels = kernels if kernels is not None else READING_KERNELS
+    half = torch.tensor([0.5 * fov_um[0], 0.5 * fov_um[1]] if fov_um is not None else [0, 0],
+                        dtype=h.w.dtype, device=h.w.device)
+    w, flux, cx, cy, rx, ry = kernels["moments"](h.x_um, h.y_um, h.w, half, fov_um is not None)
     out = {"flux": flux}
     nan = torch.full_like(flux, math.nan)
     if not position:
         return {**out, **{k: nan for k in STAT_KEYS[1:]}}
-    safe = flux.clamp(min=1e-30)  # finite gradients even where a point is dark
-    cx = (w * h.x_um).sum(-1) / safe
-    cy = (w * h.y_um).sum(-1) / safe
-    rx = torch.sqrt(((w * (h.x_um - cx.unsqueeze(-1)) ** 2).sum(-1) / safe).clamp(min=1e-30))
-    ry = torch.sqrt(((w * (h.y_um - cy.unsqueeze(-1)) ** 2).sum(-1) / safe).clamp(min=1e-30))
     has = flux > 0
     out.update(centroid_x_um=torch.where(has, cx, nan), centroid_y_um=torch.where(has, cy, nan),
                rms_x_um=torch.where(has, rx, nan), rms_y_um=torch.where(has, ry, nan))
     if fwhm:
-        out["fwhm_x_um"] = torch.where(has, batch_fwhm(h.x_um, w), nan)
-        out["fwhm_y_um"] = torch.where(has, batch_fwhm(h.y_um, w), nan)
+        with torch.no_grad():
+            out["fwhm_x_um"] = torch.where(has, kernels["fwhm"](h.x_um, w), nan)
+            out["fwhm_y_um"] = torch.where(has, kernels["fwhm"](h.y_um, w), nan)
     return out
 
 
@@ -169,21 +208,34 @@ class FastTwin:
     device : str, optional
         ``"cpu"`` or ``"cuda"`` (default: CUDA when available).
     dtype : torch.dtype
-        ``torch.float64`` (default) or ``torch.float32`` (about 1.4x faster,
+        ``torch.float64`` (default) or ``torch.float32`` (about 1.5x faster,
         approximate: see :class:`twin._fast_backend.FastBackend`).
     soft_edges_mm : float
         Sigmoid width of slit blades and mirror ends, mm (0: hard edges, as xrt).
         A few um let gradients flow through slit positions; calibration uses it.
+    compile : bool
+        Compile the ray and moment kernels with :func:`torch.compile`: about 3x faster
+        tracing once compiled, after a one-off compilation when first traced (one to
+        two minutes on a 2-core CPU; torch caches it on disk, and later processes load
+        it in seconds). Worth it for long runs: benchmarks, training. Default: eager.
     """
 
     def __init__(self, desc: BeamlineDescription, *, rays: int = 1000,
                  device: str | torch.device | None = None,
-                 dtype: torch.dtype = torch.float64, soft_edges_mm: float = 0.0) -> None:
+                 dtype: torch.dtype = torch.float64, soft_edges_mm: float = 0.0,
+                 compile: bool = False) -> None:
         if isinstance(rays, bool) or not isinstance(rays, int) or rays < 100:
             raise ConfigError(f"rays must be an integer >= 100, got {rays!r}")
         self.desc = desc
         self.rays = rays
-        self.backend = FastBackend(desc, device=device, dtype=dtype, soft_edges_mm=soft_edges_mm)
+        self.backend = FastBackend(desc, device=device, dtype=dtype, soft_edges_mm=soft_edges_mm,
+                                   compile=compile)
+        self._kernels = {"moments": self.backend.kernel("moments"),
+                         "fwhm": batch_fwhm}
+        if compile:
+            self._kernels["fwhm"] = functools.partial(
+                _fwhm_rows, prep=torch.compile(_fwhm_bins, dynamic=True),
+                hist=torch.compile(_fwhm_histogram, dynamic=True))
         self.device, self.dtype = self.backend.device, dtype
         self.motor_names = list(desc.motors)
         self._index = {n: i for i, n in enumerate(self.motor_names)}
@@ -347,12 +399,13 @@ class FastTwin:
             h = hits[e.name]
             h = Hits(h.x_um, h.y_um, h.w * scale)
             if isinstance(e, _ImagingDiagnostic):
-                out[e.name] = batch_stats(h, e.fov_um, fwhm=fwhm)
+                out[e.name] = batch_stats(h, e.fov_um, fwhm=fwhm, kernels=self._kernels)
             elif isinstance(e, BeamPositionMonitor):
-                out[e.name] = batch_stats(h, (e.fov_mm * 1e3, e.fov_mm * 1e3), fwhm=fwhm)
+                out[e.name] = batch_stats(h, (e.fov_mm * 1e3, e.fov_mm * 1e3), fwhm=fwhm,
+                                          kernels=self._kernels)
             elif isinstance(e, IonChamber):
                 a = e.aperture_mm * 1e3
-                out[e.name] = batch_stats(h, (a, a), position=False)
+                out[e.name] = batch_stats(h, (a, a), position=False, kernels=self._kernels)
         return out
 
     def image(self, positions: torch.Tensor, name: str, hidden: torch.Tensor | None = None, *,
