@@ -32,6 +32,7 @@ the source. Not traced by the fast backend: compound refractive lenses (use
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -212,6 +213,30 @@ class _Table:
         return K.lerp2(self.v, self.g, E, a) if self.two_d else K.lerp1(self.v, self.g, a)
 
 
+#: compiled graphs allowed per kernel: one per element kind, formula, dtype and the
+#: one-state (shared) trace; torch's default of 8 is too few for a mixed beamline
+_RECOMPILE_LIMIT = 64
+
+
+def compiled(f: Any) -> Any:
+    """*f* compiled by :func:`torch.compile` (dynamic shapes), allowed
+    :data:`_RECOMPILE_LIMIT` variants; the limit is set for these calls only."""
+    c = torch.compile(f, dynamic=True)
+
+    cfg = torch._dynamo.config
+
+    @functools.wraps(f)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        old = cfg.recompile_limit  # set and restored around the call (3x faster than patch)
+        cfg.recompile_limit = max(old, _RECOMPILE_LIMIT)
+        try:
+            return c(*args, **kwargs)
+        finally:
+            cfg.recompile_limit = old
+
+    return run
+
+
 class FastBackend:
     """Batched torch tracer of a beamline (see the module docstring).
 
@@ -261,8 +286,7 @@ class FastBackend:
                                    ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype
         self.compiled = bool(compile)
-        self._k = {n: (torch.compile(f, dynamic=True) if compile else f)
-                   for n, f in K.KERNELS.items()}
+        self._k = {n: (compiled(f) if compile else f) for n, f in K.KERNELS.items()}
         self.ref = XrtBackend(desc)
         self.frames: dict[str, Frame] = self.ref.frames
         self._tables: dict[tuple, tuple[_Table, _Table]] = {}
@@ -450,11 +474,13 @@ class FastBackend:
                 + prm[:, 4:5] * k["lat"])
         t_s, t_p = self._mirror_table(e.name, *self._band(r))
         shape = e.shape if e.shape in ("elliptical", "toroidal") else "flat"
+        # a vertical deflection makes the horizontal polarisation sigma
+        t_h, t_v = (t_s, t_p) if e.deflection in ("up", "down") else (t_p, t_s)
         out = self._k["mirror"](r.x, r.y, r.z, r.a, r.b, r.c, r.E, r.ih, r.iv, r.alive,
                                 self._rel(center, r), k["n_in"], R, cpos,
-                                self._surface_coeffs(e, prm[:, 5]), k["size"], t_s.v, t_s.g,
-                                t_p.v, t_p.g, shape, t_s.two_d, t_p is t_s,
-                                e.deflection in ("up", "down"), self.soft > 0, _NEWTON_STEPS)
+                                self._surface_coeffs(e, prm[:, 5]), k["size"], t_h.v, t_h.g,
+                                t_v.v, t_v.g, shape, t_h.two_d, t_v is t_h, self.soft > 0,
+                                _NEWTON_STEPS)
         return r.replace(**dict(zip(("x", "y", "z", "a", "b", "c", "ih", "iv", "alive"), out,
                                     strict=True)), origin=center)
 

@@ -167,8 +167,8 @@ def _surface(shape: str, x: Tensor, y: Tensor, surf: Tensor) -> Vec:
 
 def mirror(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, E: Tensor,
            ih: Tensor, iv: Tensor, alive: Tensor, shift: Tensor, n_in: Tensor, R: Tensor,
-           cpos: Tensor, surf: Tensor, size: Tensor, tab_s: Tensor, g_s: Tensor, tab_p: Tensor,
-           g_p: Tensor, shape: str, two_d: bool, same_sp: bool, vertical: bool, soft: bool,
+           cpos: Tensor, surf: Tensor, size: Tensor, tab_h: Tensor, g_h: Tensor, tab_v: Tensor,
+           g_v: Tensor, shape: str, two_d: bool, same_hv: bool, soft: bool,
            newton_steps: int = 3) -> tuple[Tensor, ...]:
     """Specular reflection off a mirror at pose (R (B, 3, 3), centre cpos (B, 3)).
 
@@ -176,8 +176,10 @@ def mirror(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, E: 
     numbers), then intersected exactly with the surface (Newton iterations on
     z = f(x, y) from the tangent plane), clipped by the footprint (*size*: half width,
     half length, soft edge width, mm) and weighted by the coating's reflectivity
-    tables (``tab_s``/``tab_p`` against the sine of the grazing angle, which spares an
-    arcsine per ray; *same_sp* when one table serves both polarisations). Returns the positions,
+    tables against the sine of the grazing angle, which spares an arcsine per ray:
+    ``tab_h`` for the horizontal polarisation and ``tab_v`` for the vertical one (sigma
+    or pi as the caller picks for the deflection plane; *same_hv* when one table serves
+    both). Returns the positions,
     directions, intensities and alive weights after the mirror.
     """
     x, y, z = _to_plane_through_origin(x - shift[0], y - shift[1], z - shift[2], a, b, c, n_in)
@@ -210,9 +212,8 @@ def mirror(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, E: 
         hit_w = hit.to(alive.dtype)
     ox, oy, oz = dx - 2 * dn * nx, dy - 2 * dn * ny, dz - 2 * dn * nz
     sin_g = (-dn).clamp(min=0.0, max=1.0 - 1e-12)  # the tables run in sin(grazing angle)
-    rs = _reflectivity(tab_s, g_s, E, sin_g, two_d)
-    rp = rs if same_sp else _reflectivity(tab_p, g_p, E, sin_g, two_d)
-    r_h, r_v = (rs, rp) if vertical else (rp, rs)
+    r_h = _reflectivity(tab_h, g_h, E, sin_g, two_d)
+    r_v = r_h if same_hv else _reflectivity(tab_v, g_v, E, sin_g, two_d)
     ih = torch.where(hit, ih * r_h, 0.0)
     iv = torch.where(hit, iv * r_v, 0.0)
     gx, gy, gz = _to_global(qx, qy, qz, R)

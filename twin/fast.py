@@ -24,7 +24,7 @@ import torch
 
 from twin import _fast_kernels as K
 from twin import physics
-from twin._fast_backend import FastBackend, Hits
+from twin._fast_backend import FastBackend, Hits, compiled
 from twin.description import (
     Aperture,
     BeamlineDescription,
@@ -234,8 +234,7 @@ class FastTwin:
                          "fwhm": batch_fwhm}
         if compile:
             self._kernels["fwhm"] = functools.partial(
-                _fwhm_rows, prep=torch.compile(_fwhm_bins, dynamic=True),
-                hist=torch.compile(_fwhm_histogram, dynamic=True))
+                _fwhm_rows, prep=compiled(_fwhm_bins), hist=compiled(_fwhm_histogram))
         self.device, self.dtype = self.backend.device, dtype
         self.motor_names = list(desc.motors)
         self._index = {n: i for i, n in enumerate(self.motor_names)}
