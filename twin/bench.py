@@ -98,7 +98,7 @@ def bench_twin(desc: BeamlineDescription, *, rays: int = 10_000, backend: str = 
 
 
 def bench_fast(desc: BeamlineDescription, *, rays: int = 1000, batch: int = 1024,
-               repeats: int = 3, seed: int = 0, xrt_states: int = 20,
+               repeats: int = 3, seed: int = 0, xrt_states: int = 50,
                device: str | None = None, vary: list[str] | None = None,
                compile: bool = False, dtype: str = "float64") -> dict[str, Any]:
     """Beamline states per second of the fast twin against xrt, in the same run.

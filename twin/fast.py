@@ -208,8 +208,8 @@ class FastTwin:
     device : str, optional
         ``"cpu"`` or ``"cuda"`` (default: CUDA when available).
     dtype : torch.dtype
-        ``torch.float64`` (default) or ``torch.float32`` (about 1.5x faster,
-        approximate: see :class:`twin._fast_backend.FastBackend`).
+        ``torch.float64`` (default) or ``torch.float32`` (1.3-2x faster, as accurate
+        against xrt: see :class:`twin._fast_backend.FastBackend`).
     soft_edges_mm : float
         Sigmoid width of slit blades and mirror ends, mm (0: hard edges, as xrt).
         A few um let gradients flow through slit positions; calibration uses it.
