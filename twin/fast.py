@@ -214,8 +214,8 @@ class FastTwin:
         Sigmoid width of slit blades and mirror ends, mm (0: hard edges, as xrt).
         A few um let gradients flow through slit positions; calibration uses it.
     compile : bool
-        Compile the ray and moment kernels with :func:`torch.compile`: about 3x faster
-        tracing once compiled, after a one-off compilation when first traced (one to
+        Compile the ray kernels and the readings' (moments, FWHM binning) with
+        :func:`torch.compile`: 3-4x faster tracing at large batches once compiled, after a one-off compilation when first traced (one to
         two minutes on a 2-core CPU; torch caches it on disk, and later processes load
         it in seconds). Worth it for long runs: benchmarks, training. Default: eager.
     """
