@@ -209,9 +209,6 @@ class _Table:
         return cls(torch.as_tensor(values, dtype=dtype, device=device).reshape(-1),
                    torch.tensor(g, dtype=dtype, device=device), e_grid is not None)
 
-    def __call__(self, E: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        return K.lerp2(self.v, self.g, E, a) if self.two_d else K.lerp1(self.v, self.g, a)
-
 
 #: compiled graphs allowed per kernel: one per element kind, formula, dtype and the
 #: one-state (shared) trace; torch's default of 8 is too few for a mixed beamline

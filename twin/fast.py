@@ -215,9 +215,10 @@ class FastTwin:
         A few um let gradients flow through slit positions; calibration uses it.
     compile : bool
         Compile the ray kernels and the readings' (moments, FWHM binning) with
-        :func:`torch.compile`: 3-4x faster tracing at large batches once compiled, after a one-off compilation when first traced (one to
-        two minutes on a 2-core CPU; torch caches it on disk, and later processes load
-        it in seconds). Worth it for long runs: benchmarks, training. Default: eager.
+        :func:`torch.compile`: 3-4x faster tracing at large batches, after a one-off
+        compilation when first traced (one to two minutes on a 2-core CPU; torch caches
+        it on disk, and later processes load it in seconds). Worth it for long runs:
+        benchmarks, training. Default: eager.
     """
 
     def __init__(self, desc: BeamlineDescription, *, rays: int = 1000,
