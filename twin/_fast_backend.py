@@ -410,9 +410,12 @@ class FastBackend:
                     alive=torch.ones_like(x), w0=w0)
 
     # ------------------------------------------------------------------ elements
-    def _rel(self, point64: np.ndarray, r: Rays) -> torch.Tensor:
-        """A float64 global point relative to the rays' origin, in the working dtype."""
-        return self._t(np.asarray(point64, dtype=float) - r.origin)
+    def _rel(self, point64: np.ndarray, r: Rays,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A float64 global point relative to the rays' origin, in *dtype* (default: the
+        working dtype)."""
+        return torch.as_tensor(np.asarray(point64, dtype=float) - r.origin,
+                               dtype=dtype or self.dtype, device=self.device)
 
     def _slits(self, e: Element, prm: torch.Tensor, r: Rays) -> Rays:
         k = self._consts[e.name]
@@ -529,8 +532,7 @@ class FastBackend:
         # stores them with no such loss.
         out = self._k["mono"](*(v.to(f64) for v in (r.x, r.y, r.z, r.a, r.b, r.c, r.E, r.ih,
                                                     r.iv, r.alive)),
-                              torch.as_tensor(k["center64"] - r.origin, dtype=f64,
-                                              device=self.device),
+                              self._rel(k["center64"], r, f64),
                               *(v.to(f64) for v in (k["n_in"], R1, c1, R2, c2, k["size"],
                                                     t_s.v, t_s.g, t_p.v, t_p.g, k["kb"])),
                               t_s.two_d, t_p is t_s, crystal)
