@@ -16,14 +16,18 @@ them acts as unmodelled error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from agents.bender_focus import focus_then_refine
+from agents.focus_model import FocusModel, TwinFocus, downstream_imager
 from agents.problem import AlignmentProblem, Evaluation
+from agents.separable import focusing_planes
 from agents.stages import Stage
 from twin.description import BeamlineDescription
+from twin.errors import ConfigError
 
 __all__ = ["ModelBasedAgent"]
 
@@ -54,6 +58,12 @@ class ModelBasedAgent:
         Refine a stage of mirrors focusing in both planes (a KB pair) with one simplex
         per plane (:class:`~agents.separable.SeparableSimplex`) instead of one
         Nelder-Mead simplex over every motor.
+    levers : bool
+        On a KB pair with an imaging diagnostic behind the judge, solve with the
+        twin's levers (:class:`agents.focus_model.TwinFocus`: centroids give pitch and
+        height, sizes the bend) instead of probing and calibrating by gradient descent.
+    lever_rays : int
+        Rays of the fast twin that measures the levers (once per beamline and box).
     """
 
     desc: BeamlineDescription | None = None
@@ -65,7 +75,11 @@ class ModelBasedAgent:
     stop_fom: float = 0.95
     downstream: bool = True
     separable: bool = True
+    levers: bool = True
+    lever_rays: int = 5000
     name: str = "model"
+    _levers_cache: tuple[Any, Any, FocusModel] | None = field(default=None, init=False,
+                                                            repr=False, compare=False)
 
     def _diagnostics(self, desc: BeamlineDescription, st) -> list[str]:
         """The judge and its pointing diagnostics, and with ``downstream`` every imaging
@@ -82,13 +96,47 @@ class ModelBasedAgent:
 
     def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray:
         """Align; returns the chosen point."""
-        from twin.calibrate import calibrate
-
         desc = self.desc or getattr(problem.safe.inner, "desc", None)
         if desc is None:
             raise TypeError("ModelBasedAgent needs the beamline description (desc=...)")
         st = problem.stage
-        best: Evaluation = problem.observe_start()
+        start: Evaluation = problem.observe_start()
+        if self.levers:
+            model = self._focus_model(desc, problem)
+            if model is not None:
+                best = TwinFocus(model, stop_fom=self.stop_fom).continue_from(problem, start)
+                if self._done(best, st) or problem.remaining <= 1:
+                    return best.u.copy()
+                return focus_then_refine(problem, best, desc, stop_fom=self.stop_fom,
+                                         initial_step=0.05)
+        return self._calibrate_and_move(desc, problem, start)
+
+    def _focus_model(self, desc: BeamlineDescription, problem: AlignmentProblem
+                     ) -> FocusModel | None:
+        """The twin's levers of a KB-pair stage (cached per beamline, stage and box);
+        None for any other stage."""
+        st = problem.stage
+        planes = focusing_planes(desc, st)
+        if planes is None or downstream_imager(desc, st.diagnostic) is None:
+            return None
+        half = {m: float(problem.hi[i] - problem.lo[i]) / 2.0 for i, m in enumerate(st.motors)}
+        key = (st.motors, tuple(round(v, 9) for v in half.values()))
+        if self._levers_cache is None or self._levers_cache[0] is not desc \
+                or self._levers_cache[1] != key:
+            try:
+                model = FocusModel.from_twin(desc, st, planes, half, rays=self.lever_rays)
+            except ConfigError:
+                return None
+            self._levers_cache = (desc, key, model)
+        return self._levers_cache[2]
+
+    def _calibrate_and_move(self, desc: BeamlineDescription, problem: AlignmentProblem,
+                            start: Evaluation) -> np.ndarray:
+        """Probe, calibrate the fast twin by gradient descent, move; refine locally."""
+        from twin.calibrate import calibrate
+
+        st = problem.stage
+        best = start
         seen: list[Evaluation] = [best]
 
         def take(u: np.ndarray) -> Evaluation:

@@ -128,11 +128,17 @@ class Objective:
     pointing : mapping of str to BeamStats
         The reference readings of the stage's pointing diagnostics (see
         :meth:`at`, which picks both from the readings of every diagnostic).
+    landmarks : mapping of str to BeamStats
+        The ideal beamline's readings of every diagnostic (:meth:`at` keeps them all):
+        where the aligned beam sits on each, as beamline staff note it at
+        commissioning. They do not enter the figure of merit; an agent may steer
+        towards them (:mod:`agents.focus_model` uses the detector's).
     """
 
     stage: Stage
     reference: BeamStats
     pointing: Mapping[str, BeamStats] = field(default_factory=dict)
+    landmarks: Mapping[str, BeamStats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = [d for d in self.stage.pointing if d not in self.pointing]
@@ -145,7 +151,7 @@ class Objective:
         """The objective of *stage* against *references*, the reference readings of
         every diagnostic by name (e.g. :func:`agents.harness.ideal_references`)."""
         return cls(stage, references[stage.diagnostic],
-                   {d: references[d] for d in stage.pointing})
+                   {d: references[d] for d in stage.pointing}, dict(references))
 
     def offsets(self, readings: Mapping[str, BeamStats]) -> tuple[float, ...]:
         """Centroid offsets from the reference at the pointing diagnostics, um, in the
