@@ -43,6 +43,7 @@ from stable_baselines3.common.callbacks import (
 )
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
+from agents.beam_search import find_beam
 from agents.bender_focus import focus_then_refine
 from agents.env import (
     OBS_BOUND,
@@ -511,11 +512,12 @@ class RLAgent:
         self.policy_for(st)
 
     def drive(self, problem: AlignmentProblem, steps: int | None = None,
-              patience: int | None = None) -> Evaluation:
+              patience: int | None = None, start: Evaluation | None = None) -> Evaluation:
         """Take up to *steps* policy steps; returns the best evaluation seen.
 
         With *patience*, stop once that many steps in a row have not improved on the
-        best figure of merit (the policy has stalled).
+        best figure of merit (the policy has stalled). The policy starts from *start*
+        (default: a reading where the trial starts).
         """
         pol = self.policy_for(problem.stage)
         limit = steps if steps is not None else (self.max_steps or
@@ -529,7 +531,7 @@ class RLAgent:
             return observation_vector(e.judgement, e.observation.reading(diag).stats, ref, e.u,
                                       image, problem.stage.pointing_um)
 
-        ev = problem.observe_start()
+        ev = start if start is not None else problem.observe_start()
         best = ev
         cur = observe(ev)
         prev = cur
@@ -563,7 +565,9 @@ class HybridAgent:
     Learned policies get near the optimum quickly but not always onto it;
     classical refinement finishes reliably from close by: Nelder-Mead, or on a
     stage of bendable mirrors focusing in both planes the bender focus and then
-    one simplex per plane (:func:`~agents.bender_focus.focus_then_refine`).
+    one simplex per plane (:func:`~agents.bender_focus.focus_then_refine`). A beam
+    that misses the judge at the start is found first
+    (:func:`~agents.beam_search.find_beam`).
 
     Parameters
     ----------
@@ -595,10 +599,12 @@ class HybridAgent:
 
     def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray:
         """Align; returns the chosen point."""
-        best = self._rl.drive(problem, self.rl_steps, patience=self.rl_patience)
+        desc = getattr(problem.safe.inner, "desc", None)
+        start = find_beam(problem, problem.observe_start(), desc)
+        best = self._rl.drive(problem, self.rl_steps, patience=self.rl_patience, start=start)
         if best.judgement.looks_aligned(self.stop_fom, problem.stage.goal) or \
                 problem.remaining <= 1:
             return best.u.copy()
-        return focus_then_refine(problem, best, getattr(problem.safe.inner, "desc", None),
-                                 stop_fom=self.stop_fom, initial_step=self.initial_step)
+        return focus_then_refine(problem, best, desc, stop_fom=self.stop_fom,
+                                 initial_step=self.initial_step)
 

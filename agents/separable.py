@@ -192,5 +192,10 @@ class SeparableAgent:
 
     def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray:
         """Align; returns the chosen point."""
-        return refine(problem, problem.observe_start(), getattr(problem.safe.inner, "desc", None),
-                      stop_fom=self.stop_fom, initial_step=self.initial_step)
+        # beam_search splits the planes with this module: imported here, not above
+        from agents.beam_search import find_beam
+
+        desc = getattr(problem.safe.inner, "desc", None)
+        start = find_beam(problem, problem.observe_start(), desc)
+        return refine(problem, start, desc, stop_fom=self.stop_fom,
+                      initial_step=self.initial_step)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from agents.beam_search import find_beam
 from agents.bender_focus import focus_then_refine
 from agents.objective import Objective
 from agents.problem import AlignmentProblem, Evaluation
@@ -199,7 +200,7 @@ class SteerAgent:
         """Align; returns the chosen point."""
         desc = getattr(problem.safe.inner, "desc", None)
         goal = problem.stage.goal
-        start = problem.observe_start()
+        start = find_beam(problem, problem.observe_start(), desc)
         steering = ResponseSteering(probe=self.probe, stop_fom=self.stop_fom)
         best = steering.run_from(problem, start)
         if best.judgement.looks_aligned(self.stop_fom, goal) or problem.remaining <= 1:
