@@ -93,7 +93,7 @@ def one_click_align(desc: BeamlineDescription, *, agent_name: str | None,
     Hidden errors sit on every motor (drawn at ``settings.misalign`` from *seed*),
     also on those no stage aligns; the final beam is compared with the ideal one.
     """
-    from agents.registry import DEFAULT_AGENT
+    from agents.registry import DEFAULT_AGENT, agent_for_stage
 
     name = agent_name or DEFAULT_AGENT
     make_agent(name)
@@ -105,7 +105,7 @@ def one_click_align(desc: BeamlineDescription, *, agent_name: str | None,
     kb = stages(desc).get("kb")
     sample = kb.diagnostic if kb is not None else desc.detector.name
     before = bl.ground_truth().reading(sample).stats
-    doc = align(desc, bl, lambda st: make_agent(name), stage_names=stage_names,
+    doc = align(desc, bl, lambda st: agent_for_stage(name, desc, st), stage_names=stage_names,
                 settings=settings, references=refs, seed=seed, progress=progress)
     final = bl.ground_truth().reading(sample).stats
     ideal = refs.true[sample]

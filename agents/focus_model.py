@@ -52,6 +52,12 @@ __all__ = ["PlaneLevers", "FocusModel", "TwinFocus", "downstream_imager"]
 #: rms of the model error of log(W^2) that the bend fit allows (twin against beamline,
 #: the valley's coma the table leaves out, and the knife-edge's 1 % size error)
 LOG_SIZE_SIGMA = 0.15
+#: the rms misfit of log(W^2) (the sizes against the defocus table, at the solved
+#: offsets) beyond which the levers do not describe this beamline: a diagnostic off its
+#: landmark (the detector's own day-one error, 0.5 mm, reads as 185 urad of pitch), an
+#: error outside the stage. Measured, fast twin, seeds 1000-1009: up to 0.10 with the
+#: errors on the stage's motors; 0.4-8.9 in 8 of 10 with the detector and sample off too.
+MAX_MISFIT = 0.3
 #: rms error of a centroid at the judge and at the imager, um: the weights of the pitch
 #: and height fit (measured at 5,000 rays: 0.03 and 3-4 um, photon noise; the judge's
 #: allows for the twin's own error)
@@ -156,6 +162,7 @@ class FocusModel:
     twin: Any = field(repr=False)
     marks: dict[str, tuple[float, float, float]]
     seed: int = 0
+    misfit: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_twin(cls, desc: BeamlineDescription, stage: Stage,
@@ -276,6 +283,7 @@ class FocusModel:
                  for d in (self.judge, self.imager)} if landmarks is not None else self.marks
         recent = list(evaluations)[-MAX_READINGS:]
         bend = {p: 0.0 for p in self.planes}
+        misfit = {p: 0.0 for p in self.planes}
         out: dict[str, float] = {}
         for _ in range(2):  # the centroids move a little with the bend: solve twice
             off_ph = self._centroid_offsets(recent, marks, bend)
@@ -290,9 +298,11 @@ class FocusModel:
                     s.append(xe[2] - lv.design[2]
                              + lv.slope @ (xe[:2] + off_ph[p] - lv.design[:2]))
                     logy.append(2.0 * math.log(w / ref_fwhm_um[p]))
-                bend[p] = self._bend_offset(lv, np.array(s), np.array(logy))
+                bend[p], misfit[p] = self._bend_offset(lv, np.array(s), np.array(logy))
                 out.update(zip(lv.motors[:2], map(float, off_ph[p]), strict=True))
                 out[lv.motors[2]] = bend[p]
+        self.misfit.clear()
+        self.misfit.update(misfit)
         return out
 
     def _centroid_offsets(self, readings: Sequence[Evaluation],
@@ -390,15 +400,18 @@ class FocusModel:
         return off, cost
 
     @staticmethod
-    def _bend_offset(lv: PlaneLevers, s: np.ndarray, logy: np.ndarray) -> float:
+    def _bend_offset(lv: PlaneLevers, s: np.ndarray, logy: np.ndarray) -> tuple[float, float]:
         """The bend offset of largest posterior: the sizes' misfit (log, rms
-        :data:`LOG_SIZE_SIGMA`) plus a Gaussian prior of a quarter of the half-width."""
+        :data:`LOG_SIZE_SIGMA`) plus a Gaussian prior of a quarter of the half-width;
+        and the rms misfit of log(W^2) there (0 without readings)."""
         hw = lv.half_width[2]
         b = np.linspace(-1.5 * hw, 1.5 * hw, 1201)
+        if s.size == 0:
+            return 0.0, 0.0
         pred = np.log(lv.size2(s[None, :] + b[:, None]))
-        cost = np.sum((logy[None, :] - pred) ** 2, axis=1) / LOG_SIZE_SIGMA ** 2 \
-            + (b / (0.25 * hw)) ** 2
-        return float(b[int(np.argmin(cost))])
+        sq = np.sum((logy[None, :] - pred) ** 2, axis=1)
+        k = int(np.argmin(sq / LOG_SIZE_SIGMA ** 2 + (b / (0.25 * hw)) ** 2))
+        return float(b[k]), float(np.sqrt(sq[k] / s.size))
 
     def target(self, offsets: Mapping[str, float]) -> dict[str, float]:
         """Where the stage's motors align the beamline: ``design - offset``."""
@@ -441,11 +454,19 @@ class TwinFocus:
         Solve-and-move rounds at most, each followed by a bend probe either side of
         the solved focus (three evaluations a round).
     stop_fom : float
+
+    Attributes
+    ----------
+    trusted : bool
+        False when a solve could not explain the sizes measured (misfit above
+        :data:`MAX_MISFIT`): it stopped before moving there.
     """
 
     model: FocusModel
     rounds: int = 4
     stop_fom: float = 0.95
+    #: False once a solve's misfit exceeded :data:`MAX_MISFIT` (the levers were wrong)
+    trusted: bool = field(default=True, init=False)
 
     def continue_from(self, problem: AlignmentProblem, start: Evaluation) -> Evaluation:
         """Solve and move from *start*; returns the best evaluation."""
@@ -474,6 +495,9 @@ class TwinFocus:
                 if problem.remaining <= 1:
                     break
                 offsets = self.model.solve(seen, ref_w, landmarks)
+                if max(self.model.misfit.values(), default=0.0) > MAX_MISFIT:
+                    self.trusted = False  # the sizes say these levers are not this beamline
+                    break
                 u = problem.to_u(self.model.target(offsets))
                 take(u)
                 # a spot near its waist does not say on which side of it the focus

@@ -104,11 +104,13 @@ class ModelBasedAgent:
         if self.levers:
             model = self._focus_model(desc, problem)
             if model is not None:
-                best = TwinFocus(model, stop_fom=self.stop_fom).continue_from(problem, start)
+                solver = TwinFocus(model, stop_fom=self.stop_fom)
+                best = solver.continue_from(problem, start)
                 if self._done(best, st) or problem.remaining <= 1:
                     return best.u.copy()
-                return focus_then_refine(problem, best, desc, stop_fom=self.stop_fom,
-                                         initial_step=0.05)
+                # refine from where the levers led, or from the start if they were wrong
+                return focus_then_refine(problem, best if solver.trusted else start, desc,
+                                         stop_fom=self.stop_fom, initial_step=0.05)
         return self._calibrate_and_move(desc, problem, start)
 
     def _focus_model(self, desc: BeamlineDescription, problem: AlignmentProblem

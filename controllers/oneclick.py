@@ -33,7 +33,7 @@ from agents.bench import beamline_aligned
 from agents.harness import BenchSettings, References, align, check_agent
 from agents.objective import Objective
 from agents.problem import default_span
-from agents.registry import DEFAULT_AGENT, make_agent
+from agents.registry import DEFAULT_AGENT, agent_for_stage, make_agent
 from agents.safety import SafeBeamline, SafetyConfig
 from agents.stages import Stage, ordered_stages
 from controllers.epics_beamline import EpicsBeamline, EpicsConfig
@@ -89,7 +89,7 @@ def dry_run(bl: EpicsBeamline, st_list: Sequence[Stage], agent_name: str,
             if not ok:
                 problems.append(f"{st.name}/{m}: {why}")
         try:
-            check_agent(make_agent(agent_name), st)
+            check_agent(agent_for_stage(agent_name, bl.desc, st), st)
         except BeamtwinError as exc:
             problems.append(f"{st.name}: agent {agent_name!r} refuses it: {exc}")
     if problems:
@@ -230,7 +230,7 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
 
         def work() -> dict[str, Any]:
             bridged = BridgedBeamline(bl, bridge)
-            outcome["align"] = align(desc, bridged, lambda st: make_agent(name),
+            outcome["align"] = align(desc, bridged, lambda st: agent_for_stage(name, desc, st),
                                      stage_names=[s.name for s in st_list], settings=settings,
                                      references=refs, seed=seed, progress=say,
                                      on_stage=on_stage, stop_on_divergence=True)

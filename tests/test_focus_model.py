@@ -130,6 +130,24 @@ def test_a_beam_beside_the_sample_is_steered_back_by_the_detector(desc, kb):
     assert est["kb_v.height"] == pytest.approx(60.0, abs=10.0)  # not the prior's zero
 
 
+def test_levers_that_do_not_explain_the_sizes_are_not_trusted(desc, kb):
+    """The detector 0.5 mm off its landmark (its own day-one error) reads as a huge pitch
+    error; the sizes cannot agree, and the solver stops before it moves there."""
+    st, span, model, settings = kb
+    truth = {"kb_v.pitch": 4.0, "kb_v.bend": 0.5, "kb_h.bend": -1.0, "detector.y": 0.5}  # mm
+    prob, _, _ = _problem(desc, st, span, settings, truth, seed=7)
+    start = prob.observe_start()
+    solver = TwinFocus(model)
+    best = solver.continue_from(prob, start)
+    assert not solver.trusted and best is start and prob.evaluations == 1
+    # with the detector where it belongs the same errors are solved, and trusted
+    del truth["detector.y"]
+    prob, _, _ = _problem(desc, st, span, settings, truth, seed=7)
+    solver = TwinFocus(model)
+    solver.continue_from(prob, prob.observe_start())
+    assert solver.trusted and prob.evaluations > 1
+
+
 def test_the_raster_goes_nearest_first():
     pts = raster(2)
     assert len(pts) == 24 and len(set(pts)) == 24 and (0, 0) not in pts
