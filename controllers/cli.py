@@ -362,8 +362,8 @@ def _with(options):
 
 @cli.command("align")
 @preset_option
-@click.option("--agent", default=None, help="Agent for every stage [default: the best of the "
-              "benchmark].")
+@click.option("--agent", default=None, help="Agent for every stage [default: auto, the "
+              "benchmark's best for each stage: model on the KB, steer elsewhere].")
 @click.option("--stages", default=None, metavar="S1,S2",
               help="Stages in order [default: m1,mono,slits,kb,sample].")
 @_with(align_options)
@@ -441,7 +441,7 @@ def _align_text(doc: dict[str, Any]) -> str:
 @preset_option
 @click.option("--agents", "agent_list", default="scan,nm,random,bo,model", show_default=True,
               help="Comma-separated agents: scan, nm, random, bo, model, rl, hybrid, "
-                   "separable.")
+                   "separable, steer, auto.")
 @click.option("--stage", "stage_name", default="kb", show_default=True, help="Stage.")
 @click.option("--trials", type=int, default=10, show_default=True)
 @_with(align_options)
@@ -575,7 +575,8 @@ def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, nu
 @click.option("--disturbances/--no-disturbances", default=True, show_default=True,
               help="Drift, vibration, gap-dependent source, ring decay and top-up.")
 @click.option("--agent", default=None,
-              help="Agent for every stage [default: the best of the benchmark, steer].")
+              help="Agent for every stage [default: auto, the benchmark's best for each "
+                   "stage: model on the KB, steer elsewhere].")
 @click.option("--stages", default=None, metavar="S1,S2",
               help="Stages in order [default: m1,mono,slits,kb,sample].")
 @click.option("--budget", type=int, default=100, show_default=True,
