@@ -499,7 +499,8 @@ class TwinFocus:
                     self.trusted = False  # the sizes say these levers are not this beamline
                     break
                 u = problem.to_u(self.model.target(offsets))
-                take(u)
+                if take(u).judgement.flux_ratio < MIN_FLUX_RATIO:
+                    continue  # still beside the judge: solve again, no sizes to straddle
                 # a spot near its waist does not say on which side of it the focus
                 # lies: measure either side, so that the next solve knows
                 for sign in (1.0, -1.0):

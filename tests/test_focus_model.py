@@ -130,6 +130,18 @@ def test_a_beam_beside_the_sample_is_steered_back_by_the_detector(desc, kb):
     assert est["kb_v.height"] == pytest.approx(60.0, abs=10.0)  # not the prior's zero
 
 
+def test_twin_focus_brings_back_a_beam_beside_the_sample_and_focuses_it(desc, kb):
+    st, span, model, settings = kb
+    truth = {"kb_v.height": 60.0, "kb_v.pitch": -5.0, "kb_h.pitch": 10.0, "kb_v.bend": 0.4}
+    prob, bl, judge = _problem(desc, st, span, settings, truth, seed=6)
+    start = prob.observe_start()
+    assert start.judgement.flux_ratio == 0.0
+    best = TwinFocus(model).continue_from(prob, start)
+    prob.finish(best.u)
+    assert judge.judge(bl.ground_truth()).success
+    assert prob.evaluations <= 12
+
+
 def test_levers_that_do_not_explain_the_sizes_are_not_trusted(desc, kb):
     """The detector 0.5 mm off its landmark (its own day-one error) reads as a huge pitch
     error; the sizes cannot agree, and the solver stops before it moves there."""
