@@ -42,12 +42,13 @@ import numpy as np
 import torch
 
 from agents.problem import AlignmentProblem, Evaluation
+from agents.separable import focusing_planes
 from agents.stages import Stage
 from twin.description import BeamlineDescription
 from twin.errors import ConfigError
 from twin.observation import BeamStats
 
-__all__ = ["PlaneLevers", "FocusModel", "TwinFocus", "downstream_imager"]
+__all__ = ["PlaneLevers", "FocusModel", "TwinFocus", "LeverCache", "downstream_imager"]
 
 #: rms of the model error of log(W^2) that the bend fit allows (twin against beamline,
 #: the valley's coma the table leaves out, and the knife-edge's 1 % size error)
@@ -425,6 +426,32 @@ def _trace(ft: Any, design: Mapping[str, float], rows: Sequence[Mapping[str, flo
     with torch.no_grad():
         return ft.to_numpy(ft.observe(ft.positions([{**design, **r} for r in rows]),
                                       seed=seed))
+
+
+class LeverCache:
+    """The levers of the last stage asked for, per beamline, stage and search box: the
+    ten trials of a benchmark share them, as do the rounds of one run."""
+
+    def __init__(self) -> None:
+        self._entry: tuple[BeamlineDescription, Any, FocusModel] | None = None
+
+    def get(self, desc: BeamlineDescription, problem: AlignmentProblem, *,
+            rays: int = 5000) -> FocusModel | None:
+        """The levers of *problem*'s stage; None when it is not a pair of mirrors
+        focusing both planes with an imaging diagnostic behind the judge."""
+        st = problem.stage
+        planes = focusing_planes(desc, st)
+        if planes is None or downstream_imager(desc, st.diagnostic) is None:
+            return None
+        half = {m: float(problem.hi[i] - problem.lo[i]) / 2.0 for i, m in enumerate(st.motors)}
+        key = (st.motors, tuple(round(v, 9) for v in half.values()), rays)
+        if self._entry is None or self._entry[0] is not desc or self._entry[1] != key:
+            try:
+                model = FocusModel.from_twin(desc, st, planes, half, rays=rays)
+            except ConfigError:
+                return None
+            self._entry = (desc, key, model)
+        return self._entry[2]
 
 
 def _stat(e: Evaluation, diag: str, key: str) -> float:

@@ -17,17 +17,14 @@ them acts as unmodelled error.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from agents.bender_focus import focus_then_refine
-from agents.focus_model import FocusModel, TwinFocus, downstream_imager
+from agents.focus_model import LeverCache, TwinFocus
 from agents.problem import AlignmentProblem, Evaluation
-from agents.separable import focusing_planes
 from agents.stages import Stage
 from twin.description import BeamlineDescription
-from twin.errors import ConfigError
 
 __all__ = ["ModelBasedAgent"]
 
@@ -78,8 +75,8 @@ class ModelBasedAgent:
     levers: bool = True
     lever_rays: int = 5000
     name: str = "model"
-    _levers_cache: tuple[Any, Any, FocusModel] | None = field(default=None, init=False,
-                                                            repr=False, compare=False)
+    _levers: LeverCache = field(default_factory=LeverCache, init=False, repr=False,
+                                compare=False)
 
     def _diagnostics(self, desc: BeamlineDescription, st) -> list[str]:
         """The judge and its pointing diagnostics, and with ``downstream`` every imaging
@@ -102,7 +99,7 @@ class ModelBasedAgent:
         st = problem.stage
         start: Evaluation = problem.observe_start()
         if self.levers:
-            model = self._focus_model(desc, problem)
+            model = self._levers.get(desc, problem, rays=self.lever_rays)
             if model is not None:
                 solver = TwinFocus(model, stop_fom=self.stop_fom)
                 best = solver.continue_from(problem, start)
@@ -112,25 +109,6 @@ class ModelBasedAgent:
                 return focus_then_refine(problem, best if solver.trusted else start, desc,
                                          stop_fom=self.stop_fom, initial_step=0.05)
         return self._calibrate_and_move(desc, problem, start)
-
-    def _focus_model(self, desc: BeamlineDescription, problem: AlignmentProblem
-                     ) -> FocusModel | None:
-        """The twin's levers of a KB-pair stage (cached per beamline, stage and box);
-        None for any other stage."""
-        st = problem.stage
-        planes = focusing_planes(desc, st)
-        if planes is None or downstream_imager(desc, st.diagnostic) is None:
-            return None
-        half = {m: float(problem.hi[i] - problem.lo[i]) / 2.0 for i, m in enumerate(st.motors)}
-        key = (st.motors, tuple(round(v, 9) for v in half.values()))
-        if self._levers_cache is None or self._levers_cache[0] is not desc \
-                or self._levers_cache[1] != key:
-            try:
-                model = FocusModel.from_twin(desc, st, planes, half, rays=self.lever_rays)
-            except ConfigError:
-                return None
-            self._levers_cache = (desc, key, model)
-        return self._levers_cache[2]
 
     def _calibrate_and_move(self, desc: BeamlineDescription, problem: AlignmentProblem,
                             start: Evaluation) -> np.ndarray:
