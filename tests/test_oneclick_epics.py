@@ -185,9 +185,11 @@ def test_pause_resume_and_abort(ioc, epics, desc):
 
 
 def test_ctrl_c_on_the_command_line_aborts_cleanly(ioc, epics, desc, tmp_path):
+    # steer: it measures from the first second (the default's model agent first spends
+    # seconds measuring its levers in the twin), so Ctrl-C lands a few evaluations in
     cmd = [sys.executable, "-m", "controllers.cli", "align", "--epics", "--prefix", ioc.prefix,
-           "--stages", "kb", "--budget", "60", "--out", str(tmp_path), "--no-progress",
-           "--json"]
+           "--stages", "kb", "--agent", "steer", "--budget", "60", "--out", str(tmp_path),
+           "--no-progress", "--json"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
 
@@ -298,7 +300,7 @@ def test_divergence_stops_the_run_and_returns_every_axis_to_its_start(ioc, epics
     import controllers.oneclick as oneclick
     from agents.safety import SafetyConfig
 
-    monkeypatch.setattr(oneclick, "make_agent", lambda name: _DivergesOnMono())
+    monkeypatch.setattr(oneclick, "agent_for_stage", lambda name, desc, st: _DivergesOnMono())
     bl = EpicsBeamline(PvMap(desc, ioc.prefix), config=EpicsConfig(connect_timeout_s=3.0))
     start = bl.positions()
     bl.close()
