@@ -43,6 +43,7 @@ and a photon energy drawn from ``energies_eV`` (the beamline re-tuned there by
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -64,7 +65,7 @@ from twin.simulator import TwinBeamline
 from twin.tracer import Twin
 
 __all__ = ["AlignConfig", "Episode", "AlignEnv", "AlignVecEnv", "observation_vector", "downsample",
-           "OBS_FEATURES"]
+           "imager_features", "OBS_FEATURES"]
 
 #: readings features before the motor coordinates
 OBS_FEATURES = ("flux_ratio", "centroid_x", "centroid_y", "log_fwhm_x", "log_fwhm_y", "fom",
@@ -74,6 +75,11 @@ OBS_FEATURES = ("flux_ratio", "centroid_x", "centroid_y", "log_fwhm_x", "log_fwh
 _EPS = 1e-6
 #: every feature is clipped inside this bound
 OBS_BOUND = 20.0
+#: unit of the imager's centroid features, um (its photon noise at 5,000 rays: 3-8 um)
+IMAGER_UM = 10.0
+#: rms noise of the imager's centroid in the vector environment, um (measured on the
+#: default detector at 5,000 rays, docs/agents.md)
+IMAGER_NOISE_UM = 5.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,12 @@ class AlignConfig:
         Photon energies an episode is drawn from, eV (empty: the design energy).
     image_pixels : int
         Side of the downsampled detector image in the observation (0: none).
+    imager : bool
+        Also observe the beam's centroid at the imaging diagnostic behind the judge
+        (the detector behind the sample), as its offset from where the ideal beam sits
+        there: with the judge's own centroid it gives a KB mirror's pitch and height in
+        one reading (docs/agents.md, the twin's levers). Two features, signed log of
+        :data:`IMAGER_UM` units.
     stop_fom : float
         Figure of merit that counts as aligned.
     success_steps : int
@@ -151,6 +163,7 @@ class AlignConfig:
     source_scale: float = 1.0
     energies_eV: tuple[float, ...] = ()
     image_pixels: int = 0
+    imager: bool = False
     stop_fom: float = 0.9
     success_steps: int = 2
     span_sigmas: float | None = None
@@ -202,7 +215,8 @@ class AlignConfig:
 
     def obs_length(self, st: Stage) -> int:
         """Length of the observation for stage *st*."""
-        return len(OBS_FEATURES) + len(st.pointing_terms) + st.dof + self.image_pixels ** 2
+        return len(OBS_FEATURES) + len(st.pointing_terms) + 2 * self.imager + st.dof + \
+            self.image_pixels ** 2
 
     @property
     def misalign_range(self) -> tuple[float, float]:
@@ -220,12 +234,27 @@ def downsample(image: np.ndarray, n: int) -> np.ndarray:
     return np.add.reduceat(np.add.reduceat(image, ey, axis=0), ex, axis=1)
 
 
+def imager_features(s: BeamStats, ref: BeamStats) -> list[float]:
+    """The imager's centroid offsets from the reference, signed log of
+    :data:`IMAGER_UM` units (0 where it sees no beam)."""
+    out = []
+    for v, r in ((s.centroid_x_um, ref.centroid_x_um), (s.centroid_y_um, ref.centroid_y_um)):
+        if not (s.flux > 0 and math.isfinite(v) and math.isfinite(r)):
+            out.append(0.0)
+            continue
+        q = (v - r) / IMAGER_UM
+        out.append(float(np.clip(math.copysign(math.log1p(abs(q)), q), -OBS_BOUND, OBS_BOUND)))
+    return out
+
+
 def observation_vector(j: Judgement, s: BeamStats, ref: BeamStats, u: np.ndarray,
                        image: np.ndarray | None = None,
-                       pointing_um: float = POINTING_UM) -> np.ndarray:
+                       pointing_um: float = POINTING_UM,
+                       imager: Sequence[float] | None = None) -> np.ndarray:
     """The observation of the module docstring, float32.
 
     The pointing offsets come from ``j.pointing_um``, in units of *pointing_um*.
+    *imager*, optional, are the :func:`imager_features`, after the pointing offsets.
     *image*, optional, is the downsampled detector image (photons/s per block); it
     is divided by the reference flux and appended after the motor coordinates.
     """
@@ -250,6 +279,8 @@ def observation_vector(j: Judgement, s: BeamStats, ref: BeamStats, u: np.ndarray
         q = p / pointing_um if math.isfinite(p) else OBS_BOUND * 1e9
         feats.append(float(np.clip(math.copysign(math.log1p(abs(q)), q), -OBS_BOUND,
                                    OBS_BOUND)))
+    if imager is not None:
+        feats.extend(imager)
     parts = [np.asarray(feats, dtype=np.float32), np.asarray(u, dtype=np.float32)]
     if image is not None:
         scaled = np.asarray(image, dtype=float).ravel() / (ref.flux if ref.flux > 0 else 1.0)
@@ -260,6 +291,19 @@ def observation_vector(j: Judgement, s: BeamStats, ref: BeamStats, u: np.ndarray
 def _row(out: dict[str, np.ndarray], r: int) -> BeamStats:
     """Row *r* of one diagnostic's batched readings (the fast twin's ``to_numpy``)."""
     return BeamStats(**{q: float(out[q][r]) if q in out else math.nan for q in STAT_KEYS})
+
+
+def _imager_of(cfg: AlignConfig, desc: BeamlineDescription, st: Stage) -> str | None:
+    """The imaging diagnostic behind the stage's judge when the config observes it."""
+    if not cfg.imager:
+        return None
+    from agents.focus_model import downstream_imager
+
+    name = downstream_imager(desc, st.diagnostic)
+    if name is None:
+        raise ConfigError(f"imager: stage {st.name!r} has no screen or detector after its "
+                          f"diagnostic {st.diagnostic!r}")
+    return name
 
 
 def _reward(fom_new: float, fom_old: float) -> float:
@@ -284,6 +328,7 @@ class AlignEnv(gym.Env):
         self._descs = cfg.descriptions()
         self.desc: BeamlineDescription = self._descs[0]
         self.stage: Stage = stage(self.desc, cfg.stage)
+        self._imager = _imager_of(cfg, self.desc, self.stage)
         self._twins: dict[int, Twin] = {}
         self._ref_true, self._ref_noisy = self._references(self._variant(0), 0)
         self._span = default_span(self.desc, self.stage, cfg.span_sigmas)
@@ -311,15 +356,18 @@ class AlignEnv(gym.Env):
         with the episode's rays: the ray sample alone moves the ideal flux by up to 10 %
         (see agents.harness.References)."""
         true, noisy = twin.trace({}, seed=seed), twin.trace({}, seed=seed, noise=True)
-        return ({d: true.reading(d).stats for d in self.stage.diagnostics},
-                {d: noisy.reading(d).stats for d in self.stage.diagnostics})
+        names = self.stage.diagnostics + ((self._imager,) if self._imager else ())
+        return ({d: true.reading(d).stats for d in names},
+                {d: noisy.reading(d).stats for d in names})
 
     def _obs(self, ev: Any) -> np.ndarray:
         n = self.config.image_pixels
         image = downsample(ev.observation.detector.image, n) if n else None
         diag = self.stage.diagnostic
+        far = imager_features(ev.observation.reading(self._imager).stats,
+                              self._ref[self._imager]) if self._imager else None
         return observation_vector(ev.judgement, ev.observation.reading(diag).stats,
-                                  self._ref[diag], ev.u, image, self.stage.pointing_um)
+                                  self._ref[diag], ev.u, image, self.stage.pointing_um, far)
 
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -436,6 +484,7 @@ class AlignVecEnv(gym.vector.VectorEnv):
         descs = cfg.descriptions()
         self.desc = descs[0]
         self.stage = stage(self.desc, cfg.stage)
+        self._imager = _imager_of(cfg, self.desc, self.stage)
         self._variants = [self._make_variant(d, FastTwin) for d in descs]
         self.ft = self._variants[0].ft
         names = self.ft.motor_names
@@ -473,8 +522,8 @@ class AlignVecEnv(gym.vector.VectorEnv):
         hi = np.minimum(x0 + span_a, [desc.motor(m).high for m in self.stage.motors])
         with torch.no_grad():
             ideal = ft.to_numpy(ft.observe(design_t[None, :]))
-        refs = {d: BeamStats(**{k: float(v[0]) for k, v in ideal[d].items()})
-                for d in self.stage.diagnostics}
+        names = self.stage.diagnostics + ((self._imager,) if self._imager else ())
+        refs = {d: BeamStats(**{k: float(v[0]) for k, v in ideal[d].items()}) for d in names}
         ref = refs[self.stage.diagnostic]
         return _Variant(desc, ft, design_t, lo, hi, x0, ref, Objective.at(self.stage, refs))
 
@@ -498,6 +547,7 @@ class AlignVecEnv(gym.vector.VectorEnv):
         idx = np.arange(self.num_envs) if idx is None else np.asarray(idx, dtype=int)
         stats: dict[int, BeamStats] = {}
         far: dict[int, dict[str, BeamStats]] = {}
+        behind: dict[int, BeamStats] = {}
         images: dict[int, np.ndarray] = {}
         n = self.config.image_pixels
         for k, v in enumerate(self._variants):
@@ -513,6 +563,8 @@ class AlignVecEnv(gym.vector.VectorEnv):
             for r, i in enumerate(sel):
                 stats[int(i)] = _row(every[self.stage.diagnostic], r)
                 far[int(i)] = {d: _row(every[d], r) for d in self.stage.pointing}
+                if self._imager:
+                    behind[int(i)] = _row(every[self._imager], r)
             if n:
                 det = v.desc.detector
                 with torch.no_grad():
@@ -532,8 +584,16 @@ class AlignVecEnv(gym.vector.VectorEnv):
             v = self._variants[self._variant[i]]
             j = v.objective.judge_stats(s, far[int(i)])
             judged.append(j)
+            feats = None
+            if self._imager:
+                b = behind[int(i)]
+                if self._noise[i] and b.flux > 0:
+                    g = self._rng.standard_normal(2) * IMAGER_NOISE_UM
+                    b = replace(b, centroid_x_um=b.centroid_x_um + g[0],
+                                centroid_y_um=b.centroid_y_um + g[1])
+                feats = imager_features(b, v.objective.landmarks[self._imager])
             obs.append(observation_vector(j, s, v.ref, self._u[i], images.get(int(i)),
-                                          self.stage.pointing_um))
+                                          self.stage.pointing_um, feats))
         return np.stack(obs), judged
 
     # ------------------------------------------------------------------ API

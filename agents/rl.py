@@ -51,8 +51,10 @@ from agents.env import (
     AlignConfig,
     AlignVecEnv,
     downsample,
+    imager_features,
     observation_vector,
 )
+from agents.focus_model import downstream_imager
 from agents.problem import AlignmentProblem, Evaluation
 from agents.stages import Stage
 from agents.stages import stage as stage_of
@@ -112,6 +114,9 @@ class TrainConfig:
         Photon energies drawn per episode (empty: the design energy).
     image_pixels : int
         Side of the downsampled detector image the policy also sees (0: none).
+    imager : bool
+        The policy also sees the beam's centroid at the detector behind the judge
+        (:class:`~agents.env.AlignConfig`).
     net_arch : tuple of int
         Hidden layers of the policy and value networks.
     eval_every : int
@@ -137,6 +142,7 @@ class TrainConfig:
     p_source: float = 0.5
     energies_eV: tuple[float, ...] = ()
     image_pixels: int = 0
+    imager: bool = False
     net_arch: tuple[int, ...] = (64, 64)
     eval_every: int = 50_000
     eval_episodes: int = 64
@@ -164,7 +170,8 @@ class TrainConfig:
         return AlignConfig(stage=self.stage, preset=self.preset, backend="fast", rays=self.rays,
                            max_step=self.max_step, misalign=tuple(self.misalign),
                            p_source=self.p_source, energies_eV=tuple(self.energies_eV),
-                           image_pixels=self.image_pixels, max_steps=self.max_steps)
+                           image_pixels=self.image_pixels, imager=self.imager,
+                           max_steps=self.max_steps)
 
 
 class Sb3AlignVecEnv(VecEnv):
@@ -372,7 +379,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Tr
     meta = {"format": METADATA_FORMAT, "stage": cfg.stage,
             "motors": list(stage_of(desc, cfg.stage).motors), "beamline": desc.name,
             "algo": cfg.algo, "observation": list(OBS_FEATURES) + [
-                f"pointing({d}.{q})" for d, q in stage_of(desc, cfg.stage).pointing_terms] + [
+                f"pointing({d}.{q})" for d, q in stage_of(desc, cfg.stage).pointing_terms] + (
+                ["imager(centroid_x)", "imager(centroid_y)"] if cfg.imager else []) + [
                 "u(motor)..."] + (
                 [f"detector image {cfg.image_pixels}x{cfg.image_pixels}"]
                 if cfg.image_pixels else []),
@@ -498,7 +506,9 @@ class RLAgent:
                               f"{list(st.motors)}; train one for this beamline with "
                               f"`beamtwin train --stage {st.name} --preset FILE`")
         n = int(pol.metadata["config"].get("image_pixels", 0))
-        expected = 2 * AlignConfig(image_pixels=n).obs_length(st)  # [obs_t, obs_t - obs_t-1]
+        imager = bool(pol.metadata["config"].get("imager", False))
+        # [obs_t, obs_t - obs_t-1]
+        expected = 2 * AlignConfig(image_pixels=n, imager=imager).obs_length(st)
         got = int(np.prod(pol.model.observation_space.shape))
         if got != expected:
             raise ConfigError(f"policy {path.name!r} observes {got} features, stage "
@@ -525,11 +535,21 @@ class RLAgent:
         ref = problem.objective.reference
         diag = problem.stage.diagnostic
         n = int(pol.metadata["config"].get("image_pixels", 0))
+        imager = None
+        if pol.metadata["config"].get("imager", False):
+            desc = getattr(problem.safe.inner, "desc", None)
+            imager = downstream_imager(desc, diag) if desc is not None else None
+            if imager is None or imager not in problem.objective.landmarks:
+                raise ConfigError(f"policy {pol.path.name!r} observes the detector behind "
+                                  f"{diag!r} against the ideal beam's reading there; this "
+                                  f"beamline or objective has none")
 
         def observe(e: Evaluation) -> np.ndarray:
             image = downsample(e.observation.detector.image, n) if n else None
+            far = imager_features(e.observation.reading(imager).stats,
+                                  problem.objective.landmarks[imager]) if imager else None
             return observation_vector(e.judgement, e.observation.reading(diag).stats, ref, e.u,
-                                      image, problem.stage.pointing_um)
+                                      image, problem.stage.pointing_um, far)
 
         ev = start if start is not None else problem.observe_start()
         best = ev

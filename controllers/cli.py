@@ -523,6 +523,9 @@ def _energies(value: str | None) -> tuple[float, ...]:
               help="Side of a downsampled detector image in the observation (0: none).")
 @click.option("--energies", default=None, metavar="E1,E2",
               help="Photon energies drawn per episode, eV [default: the design energy].")
+@click.option("--imager/--no-imager", default=False, show_default=True,
+              help="The policy also sees the beam's centroid at the detector behind the "
+                   "stage's diagnostic (for the KB: pitch and height in one reading).")
 @click.option("--eval-every", type=int, default=50_000, show_default=True,
               help="Timesteps between evaluations (0: none).")
 @click.option("--checkpoint-every", type=int, default=100_000, show_default=True,
@@ -534,7 +537,7 @@ def _energies(value: str | None) -> tuple[float, ...]:
 @json_option
 def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, num_envs: int,
               rays: int, seed: int, max_steps: int, max_step: float, p_source: float,
-              image_pixels: int, energies: str | None,
+              image_pixels: int, energies: str | None, imager: bool,
               eval_every: int, checkpoint_every: int, out: str, progress: bool,
               as_json: bool) -> None:
     """Train an RL alignment policy for one stage on the fast twin (stable-baselines3)."""
@@ -547,6 +550,7 @@ def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, nu
         cfg = TrainConfig(stage=stage_name, algo=algo, timesteps=timesteps, num_envs=num_envs,
                           rays=rays, seed=seed, preset=preset, max_steps=max_steps,
                           max_step=max_step, p_source=p_source, image_pixels=image_pixels,
+                          imager=imager,
                           energies_eV=_energies(energies),
                           eval_every=eval_every, checkpoint_every=checkpoint_every)
         doc = train(cfg, out, progress=progress).to_dict()

@@ -69,6 +69,49 @@ def test_a_policy_that_sees_the_detector_image_deploys_as_an_agent(tmp_path, des
     assert 1 <= res.evaluations <= 6 and res.error is None
 
 
+def test_a_policy_that_sees_the_detector_behind_the_kb_deploys_as_an_agent(tmp_path, desc):
+    """The imager features: the beam's centroid on the detector behind the sample, from where
+    the ideal beam sits there; an agent without that landmark is refused up front."""
+    import dataclasses
+
+    from agents.env import AlignEnv, _imager_of
+    from agents.harness import References
+    from agents.objective import Objective
+    from agents.problem import AlignmentProblem, default_span
+    from twin.hidden import HiddenErrors
+    from twin.simulator import TwinBeamline
+
+    env = AlignEnv(stage="kb", imager=True, rays=500)
+    plain = AlignEnv(stage="kb", rays=500)
+    assert env.observation_space.shape[0] == plain.observation_space.shape[0] + 2
+    obs0, _ = env.reset(seed=2, options={"misalign": 0.0})
+    i = list(env.stage.motors).index("kb_v.pitch")
+    a = np.zeros(env.stage.dof)
+    a[i] = 1.0
+    obs1, *_ = env.step(a)
+    k = len(OBS_FEATURES) + 1  # the imager's y feature
+    assert obs1[k] > obs0[k] + 0.5  # KB-V pitch up: the beam rises on the detector
+    with pytest.raises(ConfigError, match="no screen or detector after"):
+        _imager_of(env.config, desc, dataclasses.replace(env.stage, diagnostic="detector"))
+
+    cfg = TrainConfig(stage="kb", timesteps=128, num_envs=4, rays=100, eval_every=0,
+                      eval_episodes=2, checkpoint_every=0, imager=True)
+    rep = train(cfg, tmp_path, progress=False)
+    assert "imager(centroid_y)" in rep.metadata["observation"]
+    settings = BenchSettings(rays=1000, budget=5, noise=True, backend="fast")
+    res = stage_trial(desc, "kb", RLAgent(policy=rep.policy, max_steps=3), seed=5,
+                      settings=settings)
+    assert 1 <= res.evaluations <= 5 and res.error is None
+    st = stage(desc, "kb")
+    refs = References.of(desc, settings, 5)
+    bl = TwinBeamline(desc, hidden=HiddenErrors({}), backend="fast", rays=1000)
+    prob = AlignmentProblem(bl, st, Objective(st, refs.measured["sample"]),  # no landmarks
+                            span=default_span(desc, st), budget=5)
+    with pytest.raises(ConfigError, match="observes the detector behind 'sample'"):
+        RLAgent(policy=rep.policy).run(prob, np.random.default_rng(0))
+    assert prob.evaluations == 0
+
+
 def test_train_config_refuses_bad_settings():
     with pytest.raises(ConfigError, match="algo must be one of"):
         TrainConfig(algo="dqn")  # type: ignore[arg-type]
