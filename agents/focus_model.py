@@ -1,14 +1,14 @@
 """Aligning a KB pair from the twin's levers: centroids set pitch and height, sizes the bend.
 
-For each mirror of a Kirkpatrick-Baez pair the fast twin says, once per stage,
-how the beam answers its motors:
+For each mirror of a Kirkpatrick-Baez pair the fast twin says, once per stage and
+search box, how the beam answers its motors:
 
-- **Centroids.** The beam's position at the sample and at the detector behind
-  it moves linearly with the mirror's pitch and height (to 0.25 of the search
-  half-width and beyond), and with two lever arms the 2x2 response is well
-  conditioned: the default beamline's KB-V moves the beam 28 and 108 um per
-  40 urad of pitch, and 80 and -89 um per 80 um of height, at the sample and
-  the detector. One reading of both therefore gives the pitch and height
+- **Centroids.** The beam's position at the sample and at the detector behind it
+  moves with the mirror's pitch and height, and with two lever arms the 2x2 response
+  is well conditioned: the default beamline's KB-V moves the beam 28 and 108 um per
+  40 urad of pitch, and 80 and about -50 um per 80 um of height, at the sample and
+  the detector (the detector's height response bends where the mirror's end clips
+  the beam's tail). One reading of both therefore gives the pitch and height
   offsets, as a response matrix steers an orbit.
 - **Defocus.** The bender barely moves the beam, but it sets the focus. Near the
   design the squared spot size is a function of one coordinate, the defocus
@@ -16,18 +16,22 @@ how the beam answers its motors:
   pitch error is compensated by the bend), which the twin tabulates,
   ``(W / W_design)^2 = f(s)``.
 
-:class:`FocusModel` holds those levers (:meth:`FocusModel.from_twin`) and
+:class:`FocusModel` holds those levers (:meth:`FocusModel.from_twin`), and
 :meth:`FocusModel.solve` turns readings taken at known motor positions into the
-offsets of every motor: pitch and height from the latest reading's centroids, and
-the bend offset that makes the tabulated ``f`` explain every size measured so
-far (maximum a posteriori, with the motor's typical misalignment as the prior,
-so that the first reading's two mirror-image solutions resolve towards the
-smaller offset). :class:`TwinFocus` moves to ``design - offsets``, measures,
-solves again with the new reading, and stops when the stage looks aligned.
+offsets of every motor (a :class:`Solution`):
 
-This is calibrate-solve-move (the model-based agent) with the calibration
-linearised by the twin beforehand: no gradient descent and no probes, so the
-first move is informed by the start reading alone.
+- pitch and height: a Gauss-Newton fit through the twin of the centroids of the
+  latest readings, with each motor's typical misalignment as the prior; a reading
+  whose judge misses the beam is censored (the beam lies outside its field);
+- the bend: the offset that lets the table explain every spot size measured so far
+  (maximum a posteriori), and how well it does (the misfit).
+
+:class:`TwinFocus` moves to ``design - offsets``, measures the bend either side of
+that point (a spot near its waist does not say on which side the focus lies),
+solves again with every reading, and stops when the stage looks aligned, or as soon
+as a solve cannot explain the sizes (the levers are not this beamline's: a
+diagnostic off its landmark). This is the model agent's calibrate-solve-move, with
+the twin consulted through levers measured beforehand.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from twin.description import BeamlineDescription
 from twin.errors import ConfigError
 from twin.observation import BeamStats
 
-__all__ = ["PlaneLevers", "FocusModel", "TwinFocus", "LeverCache", "downstream_imager"]
+__all__ = ["PlaneLevers", "FocusModel", "Solution", "TwinFocus", "LeverCache",
+           "downstream_imager"]
 
 #: rms of the model error of log(W^2) that the bend fit allows (twin against beamline,
 #: the valley's coma the table leaves out, and the knife-edge's 1 % size error)
@@ -60,13 +65,35 @@ LOG_SIZE_SIGMA = 0.15
 #: errors on the stage's motors; 0.4-8.9 in 8 of 10 with the detector and sample off too.
 MAX_MISFIT = 0.3
 #: rms error of a centroid at the judge and at the imager, um: the weights of the pitch
-#: and height fit (measured at 5,000 rays: 0.03 and 3-4 um, photon noise; the judge's
+#: and height fit (measured at 5,000 rays: 0.03 and 3-8 um, photon noise; the judge's
 #: allows for the twin's own error)
 CENTROID_SIGMA_UM = (0.3, 6.0)
 #: the latest readings that the centroid fit uses
 MAX_READINGS = 8
 #: a reading takes part in the fits only with at least this fraction of the flux
 MIN_FLUX_RATIO = 0.5
+
+
+@dataclass(frozen=True)
+class Solution:
+    """What :meth:`FocusModel.solve` makes of the readings.
+
+    Attributes
+    ----------
+    offsets : dict of str to float
+        The hidden offset of every stage motor, motor units.
+    misfit : dict of str to float
+        Per plane, the rms misfit of log(W^2) between the measured spot sizes and the
+        defocus table at those offsets (0 without a size measured).
+    """
+
+    offsets: dict[str, float]
+    misfit: dict[str, float]
+
+    @property
+    def trusted(self) -> bool:
+        """Whether the levers explain the sizes (every misfit within :data:`MAX_MISFIT`)."""
+        return max(self.misfit.values(), default=0.0) <= MAX_MISFIT
 
 
 @dataclass(frozen=True)
@@ -163,7 +190,6 @@ class FocusModel:
     twin: Any = field(repr=False)
     marks: dict[str, tuple[float, float, float]]
     seed: int = 0
-    misfit: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_twin(cls, desc: BeamlineDescription, stage: Stage,
@@ -264,7 +290,7 @@ class FocusModel:
 
     # ------------------------------------------------------------------ solving
     def solve(self, evaluations: Sequence[Evaluation], ref_fwhm_um: Mapping[str, float],
-              landmarks: Mapping[str, BeamStats] | None = None) -> dict[str, float]:
+              landmarks: Mapping[str, BeamStats] | None = None) -> Solution:
         """Offsets of every stage motor (motor units) that explain *evaluations*.
 
         Pitch and height: the offsets for which the twin moves the centroids at the
@@ -302,9 +328,7 @@ class FocusModel:
                 bend[p], misfit[p] = self._bend_offset(lv, np.array(s), np.array(logy))
                 out.update(zip(lv.motors[:2], map(float, off_ph[p]), strict=True))
                 out[lv.motors[2]] = bend[p]
-        self.misfit.clear()
-        self.misfit.update(misfit)
-        return out
+        return Solution(out, misfit)
 
     def _centroid_offsets(self, readings: Sequence[Evaluation],
                           marks: Mapping[str, tuple[float, float, float]],
@@ -521,11 +545,11 @@ class TwinFocus:
             for _ in range(self.rounds):
                 if problem.remaining <= 1:
                     break
-                offsets = self.model.solve(seen, ref_w, landmarks)
-                if max(self.model.misfit.values(), default=0.0) > MAX_MISFIT:
+                sol = self.model.solve(seen, ref_w, landmarks)
+                if not sol.trusted:
                     self.trusted = False  # the sizes say these levers are not this beamline
                     break
-                u = problem.to_u(self.model.target(offsets))
+                u = problem.to_u(self.model.target(sol.offsets))
                 if take(u).judgement.flux_ratio < MIN_FLUX_RATIO:
                     continue  # still beside the judge: solve again, no sizes to straddle
                 # a spot near its waist does not say on which side of it the focus

@@ -76,7 +76,7 @@ def test_one_reading_and_a_bend_either_side_give_every_offset(desc, kb):
     start = prob.observe_start()
     ref = prob.objective.reference
     ref_w = {"x": ref.fwhm_x_um, "y": ref.fwhm_y_um}
-    first = model.solve([start], ref_w, prob.objective.landmarks)
+    first = model.solve([start], ref_w, prob.objective.landmarks).offsets
     for m in st.motors:  # pitch and height from the centroids alone
         if not m.endswith("bend"):
             assert first[m] == pytest.approx(truth[m], abs=0.1 * span[m]), m
@@ -87,7 +87,9 @@ def test_one_reading_and_a_bend_either_side_give_every_offset(desc, kb):
         for lv in model.planes.values():
             v[lv.index[2]] += sign * lv.straddle / (0.5 * (prob.hi - prob.lo)[lv.index[2]])
         readings.append(prob.evaluate(v))
-    est = model.solve(readings, ref_w, prob.objective.landmarks)
+    sol = model.solve(readings, ref_w, prob.objective.landmarks)
+    assert sol.trusted
+    est = sol.offsets
     for lv in model.planes.values():
         err = np.array([est[m] - truth[m] for m in lv.motors])
         assert abs(err[0]) < 1.5 and abs(err[1]) < 3.0, (lv.plane, err)  # urad, um
@@ -122,7 +124,7 @@ def test_a_beam_beside_the_sample_is_steered_back_by_the_detector(desc, kb):
     ref = prob.objective.reference
     for _ in range(2):
         est = model.solve(readings, {"x": ref.fwhm_x_um, "y": ref.fwhm_y_um},
-                          prob.objective.landmarks)
+                          prob.objective.landmarks).offsets
         readings.append(prob.evaluate(prob.to_u(model.target(est))))
         if readings[-1].judgement.flux_ratio >= SEEN_FLUX_RATIO:
             break
