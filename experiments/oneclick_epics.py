@@ -1,6 +1,7 @@
 """Sim-to-real check of one-click alignment over EPICS (issue 6).
 
-Run: ``python experiments/oneclick_epics.py [--seeds 1,2,3] [--backend xrt] [--agent separable]``.
+Run: ``python experiments/oneclick_epics.py [--seeds 1,2,3] [--backend xrt] [--agent separable]``
+(the agent defaults to ``auto``, as in ``beamtwin align``).
 
 For each seed it starts ``beamtwin ioc`` with the **xrt** twin behind it (by
 default), day-one hidden errors and the disturbance model on (drift, vibration,
@@ -57,7 +58,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--backend", default="xrt", choices=["xrt", "fast"])
     ap.add_argument("--rays", type=int, default=5000)
-    ap.add_argument("--agent", default="steer")
+    ap.add_argument("--agent", default="auto")
     ap.add_argument("--budget", type=int, default=100)
     ap.add_argument("--out", default=None, help="Folder for the runs' files [temporary].")
     ap.add_argument("--doc", default="oneclick_epics.json",

@@ -58,15 +58,21 @@ def test_every_algorithm_trains_and_saves_policy_with_its_metadata(tiny_policies
     assert a.shape == (2,) and np.all(np.abs(a) <= 1.0)
 
 
-def test_a_policy_that_sees_the_detector_image_deploys_as_an_agent(tmp_path, desc):
-    cfg = TrainConfig(stage="mono", timesteps=128, num_envs=4, rays=100, eval_every=0,
-                      eval_episodes=2, checkpoint_every=0, image_pixels=4)
+def _train_and_deploy(tmp_path, desc, stage_name, budget, feature, **extra):
+    """A tiny policy that sees *extra*'s feature, deployed as an agent for a short trial."""
+    cfg = TrainConfig(stage=stage_name, timesteps=128, num_envs=4, rays=100, eval_every=0,
+                      eval_episodes=2, checkpoint_every=0, **extra)
     rep = train(cfg, tmp_path, progress=False)
-    assert "detector image 4x4" in rep.metadata["observation"]
-    settings = BenchSettings(rays=1000, budget=6, noise=True, backend="fast")
-    res = stage_trial(desc, "mono", RLAgent(policy=rep.policy, max_steps=3), seed=5,
+    assert feature in rep.metadata["observation"]
+    settings = BenchSettings(rays=1000, budget=budget, noise=True, backend="fast")
+    res = stage_trial(desc, stage_name, RLAgent(policy=rep.policy, max_steps=3), seed=5,
                       settings=settings)
-    assert 1 <= res.evaluations <= 6 and res.error is None
+    assert 1 <= res.evaluations <= budget and res.error is None
+    return rep, settings
+
+
+def test_a_policy_that_sees_the_detector_image_deploys_as_an_agent(tmp_path, desc):
+    _train_and_deploy(tmp_path, desc, "mono", 6, "detector image 4x4", image_pixels=4)
 
 
 def test_a_policy_that_sees_the_detector_behind_the_kb_deploys_as_an_agent(tmp_path, desc):
@@ -94,14 +100,8 @@ def test_a_policy_that_sees_the_detector_behind_the_kb_deploys_as_an_agent(tmp_p
     with pytest.raises(ConfigError, match="no screen or detector after"):
         _imager_of(env.config, desc, dataclasses.replace(env.stage, diagnostic="detector"))
 
-    cfg = TrainConfig(stage="kb", timesteps=128, num_envs=4, rays=100, eval_every=0,
-                      eval_episodes=2, checkpoint_every=0, imager=True)
-    rep = train(cfg, tmp_path, progress=False)
-    assert "imager(centroid_y)" in rep.metadata["observation"]
-    settings = BenchSettings(rays=1000, budget=5, noise=True, backend="fast")
-    res = stage_trial(desc, "kb", RLAgent(policy=rep.policy, max_steps=3), seed=5,
-                      settings=settings)
-    assert 1 <= res.evaluations <= 5 and res.error is None
+    rep, settings = _train_and_deploy(tmp_path, desc, "kb", 5, "imager(centroid_y)",
+                                      imager=True)
     st = stage(desc, "kb")
     refs = References.of(desc, settings, 5)
     bl = TwinBeamline(desc, hidden=HiddenErrors({}), backend="fast", rays=1000)
