@@ -24,6 +24,7 @@ from agents.bender_focus import focus_then_refine
 from agents.focus_model import LeverCache, TwinFocus
 from agents.problem import AlignmentProblem, Evaluation
 from agents.stages import Stage
+from agents.steering import SteerAgent
 from twin.description import BeamlineDescription
 
 __all__ = ["ModelBasedAgent"]
@@ -105,9 +106,13 @@ class ModelBasedAgent:
                 best = solver.continue_from(problem, start)
                 if self._done(best, st) or problem.remaining <= 1:
                     return best.u.copy()
-                # refine from where the levers led, or from the start if they were wrong
-                return focus_then_refine(problem, best if solver.trusted else start, desc,
-                                         stop_fom=self.stop_fom, initial_step=0.05)
+                # refine from where the levers led (close by: a small simplex), or, if they
+                # were wrong, from the start exactly as steer does
+                if solver.trusted:
+                    return focus_then_refine(problem, best, desc, stop_fom=self.stop_fom,
+                                             initial_step=0.05)
+                return focus_then_refine(problem, start, desc, stop_fom=self.stop_fom,
+                                         initial_step=SteerAgent.focus_refine_step)
         return self._calibrate_and_move(desc, problem, start)
 
     def _calibrate_and_move(self, desc: BeamlineDescription, problem: AlignmentProblem,
