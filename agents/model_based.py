@@ -1,19 +1,23 @@
 """Model-based alignment: calibrate the differentiable twin, solve in it, move, repeat.
 
-:class:`ModelBasedAgent` measures the stage's diagnostic at the start and at a
-few probing points, fits the hidden offsets of the stage's motors to those
-readings with :func:`twin.calibrate.calibrate` (gradient descent through the
-fast twin), and moves to where the calibrated twin is aligned: every motor at
+On a KB pair with an imaging diagnostic behind the sample, :class:`ModelBasedAgent`
+solves with the twin's levers (:mod:`agents.focus_model`). The centroids at the
+sample and the detector give every mirror's pitch and height offsets from the
+start reading, and the spot sizes give the bend, measured either side of each
+solved focus. When the levers cannot explain the sizes (a diagnostic off its
+landmark), it refines from the start exactly as ``steer`` does.
+
+On any other stage it measures the diagnostic at the start and at a few probing
+points, fits the hidden offsets of the stage's motors to those readings with
+:func:`twin.calibrate.calibrate` (gradient descent through the fast twin), and
+moves to where the calibrated twin is aligned: every motor at
 ``design - fitted offset``. Each new reading joins the fit. When the model's
-prediction stops improving the beam, it refines locally: on a KB pair with the
-bender focus and then one simplex per focusing plane
-(:func:`agents.bender_focus.focus_then_refine`), with Nelder-Mead otherwise.
+prediction stops improving the beam, it refines locally with Nelder-Mead.
 
 Offsets of motors outside the stage are not fitted: on a beamline aligned
 stage by stage they are the earlier stages' business, and whatever is left of
 them acts as unmodelled error.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
