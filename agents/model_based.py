@@ -12,7 +12,9 @@ points, fits the hidden offsets of the stage's motors to those readings with
 :func:`twin.calibrate.calibrate` (gradient descent through the fast twin), and
 moves to where the calibrated twin is aligned: every motor at
 ``design - fitted offset``. Each new reading joins the fit. When the model's
-prediction stops improving the beam, it refines locally with Nelder-Mead.
+prediction stops improving the beam, it refines locally: with the bender focus and
+one simplex per plane on a KB pair without an imager behind it, with Nelder-Mead
+elsewhere.
 
 Offsets of motors outside the stage are not fitted: on a beamline aligned
 stage by stage they are the earlier stages' business, and whatever is left of
