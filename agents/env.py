@@ -170,6 +170,8 @@ class AlignConfig:
     max_steps: int = 50
 
     def __post_init__(self) -> None:
+        if not isinstance(self.imager, bool):
+            raise ConfigError(f"imager must be true or false, got {self.imager!r}")
         if not (0 < self.max_step <= 1):
             raise ConfigError(f"max_step must be within (0, 1], got {self.max_step!r}")
         lo, hi = self.misalign_range
@@ -242,9 +244,14 @@ def imager_features(s: BeamStats, ref: BeamStats) -> list[float]:
         if not (s.flux > 0 and math.isfinite(v) and math.isfinite(r)):
             out.append(0.0)
             continue
-        q = (v - r) / IMAGER_UM
-        out.append(float(np.clip(math.copysign(math.log1p(abs(q)), q), -OBS_BOUND, OBS_BOUND)))
+        out.append(_signed_log((v - r) / IMAGER_UM))
     return out
+
+
+def _signed_log(q: float) -> float:
+    """``sign(q) log(1 + |q|)``, clipped to the observation bound: resolves a fraction of
+    its unit and still tells 10 from 1,000."""
+    return float(np.clip(math.copysign(math.log1p(abs(q)), q), -OBS_BOUND, OBS_BOUND))
 
 
 def observation_vector(j: Judgement, s: BeamStats, ref: BeamStats, u: np.ndarray,
@@ -262,11 +269,9 @@ def observation_vector(j: Judgement, s: BeamStats, ref: BeamStats, u: np.ndarray
     w = 0.5 * (ref.fwhm_x_um + ref.fwhm_y_um) if math.isfinite(ref.fwhm_x_um) else 1.0
 
     def cen(v: float, r: float) -> float:
-        # signed log: resolves a fraction of the focus and still tells 10 from 1000 FWHM
         if not (math.isfinite(v) and math.isfinite(r)):
             return 0.0
-        d = (v - r) / w
-        return float(np.clip(math.copysign(math.log1p(abs(d)), d), -OBS_BOUND, OBS_BOUND))
+        return _signed_log((v - r) / w)
 
     def lw(v: float, r: float) -> float:
         return float(np.clip(math.log(v / r), -5, 5)) if (math.isfinite(v) and v > 0
@@ -277,8 +282,7 @@ def observation_vector(j: Judgement, s: BeamStats, ref: BeamStats, u: np.ndarray
              lw(s.fwhm_y_um, ref.fwhm_y_um), min(j.fom, 5.0), float(bool(seen))]
     for p in j.pointing_um:  # no beam there: as far off as the feature can say
         q = p / pointing_um if math.isfinite(p) else OBS_BOUND * 1e9
-        feats.append(float(np.clip(math.copysign(math.log1p(abs(q)), q), -OBS_BOUND,
-                                   OBS_BOUND)))
+        feats.append(_signed_log(q))
     if imager is not None:
         feats.extend(imager)
     parts = [np.asarray(feats, dtype=np.float32), np.asarray(u, dtype=np.float32)]
