@@ -18,7 +18,7 @@ steers by the detector behind the sample.
 from __future__ import annotations
 
 from agents.problem import AlignmentProblem, Evaluation
-from agents.separable import focusing_planes
+from agents.separable import focusing_planes, plane_axes
 from twin.description import BeamlineDescription
 
 __all__ = ["find_beam", "raster", "SEEN_FLUX_RATIO"]
@@ -42,13 +42,10 @@ def _height_axes(problem: AlignmentProblem, desc: BeamlineDescription | None
     planes = focusing_planes(desc, problem.stage) if desc is not None else None
     if planes is None:
         return None
-    out = {}
-    for p in ("x", "y"):
-        idx = [i for i in planes[p] if problem.stage.motors[i].rsplit(".", 1)[1] == "height"]
-        if not idx:
-            return None
-        out[p] = idx[0]
-    return out
+    axes = plane_axes(problem.stage, planes)
+    if not all("height" in axes[p] for p in ("x", "y")):
+        return None
+    return {p: axes[p]["height"] for p in ("x", "y")}
 
 
 def find_beam(problem: AlignmentProblem, start: Evaluation,

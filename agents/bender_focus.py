@@ -28,7 +28,7 @@ import numpy as np
 
 from agents.objective import FLUX_FLOOR
 from agents.problem import AlignmentProblem, Evaluation
-from agents.separable import SeparableSimplex, focusing_planes, refine
+from agents.separable import SeparableSimplex, focusing_planes, plane_axes, refine
 from twin.description import BeamlineDescription
 
 __all__ = ["BenderFocus", "vertex"]
@@ -75,11 +75,10 @@ class BenderFocus:
     def continue_from(self, problem: AlignmentProblem, start: Evaluation,
                       planes: dict[str, list[int]]) -> Evaluation:
         """Search from *start*; returns the best evaluation (figure of merit)."""
-        motors = problem.stage.motors
         goal = problem.stage.goal
         diag = problem.stage.diagnostic
         ref = problem.objective.reference
-        axes = {p: {motors[i].rsplit(".", 1)[1]: i for i in idx} for p, idx in planes.items()}
+        axes = plane_axes(problem.stage, planes)
         if not all({"pitch", "bend"} <= set(a) for a in axes.values()):
             return start
         best = start

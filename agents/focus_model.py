@@ -45,8 +45,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.bender_focus import vertex
 from agents.problem import AlignmentProblem, Evaluation
-from agents.separable import focusing_planes
+from agents.separable import focusing_planes, plane_axes
 from agents.stages import Stage
 from twin.description import BeamlineDescription
 from twin.errors import ConfigError
@@ -157,8 +158,7 @@ def downstream_imager(desc: BeamlineDescription, judge: str) -> str | None:
 def _axes(stage: Stage, planes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, int, int]]:
     """Pitch, height and bend indices of each plane; ConfigError if one is missing."""
     out = {}
-    for p, idx in planes.items():
-        by = {stage.motors[i].rsplit(".", 1)[1]: i for i in idx}
+    for p, by in plane_axes(stage, planes).items():
         if not {"pitch", "height", "bend"} <= set(by):
             raise ConfigError(f"plane {p} of stage {stage.name!r} needs pitch, height and "
                               f"bend motors, has {sorted(by)}")
@@ -486,12 +486,7 @@ def _valley_bottom(grid: np.ndarray, y: np.ndarray) -> float:
     """Where *y* (sampled on the equally spaced *grid*) is least: the vertex of the
     parabola through the lowest sample and its neighbours."""
     k = int(np.clip(np.nanargmin(y), 1, len(grid) - 2))
-    y0, y1, y2 = y[k - 1], y[k], y[k + 1]
-    curv = y0 - 2.0 * y1 + y2
-    step = grid[1] - grid[0]
-    if not curv > 0:
-        return float(grid[k])
-    return float(grid[k] + 0.5 * step * (y0 - y2) / curv)
+    return vertex(grid[k - 1:k + 2], y[k - 1:k + 2], float(grid[1] - grid[0]))
 
 
 @dataclass

@@ -18,7 +18,7 @@ constraint), so neither may buy a small spot with lost flux.
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +29,8 @@ from agents.problem import AlignmentProblem, Evaluation
 from agents.stages import Stage
 from twin.description import BeamlineDescription, Mirror
 
-__all__ = ["focusing_planes", "nelder_mead", "SeparableSimplex", "SeparableAgent", "refine"]
+__all__ = ["focusing_planes", "plane_axes", "nelder_mead", "SeparableSimplex", "SeparableAgent",
+           "refine"]
 
 #: deflection -> the plane a mirror focuses (and whose spot size it sets)
 _PLANE = {"left": "x", "right": "x", "up": "y", "down": "y"}
@@ -48,6 +49,12 @@ def focusing_planes(desc: BeamlineDescription, st: Stage) -> dict[str, list[int]
             return None
         out[_PLANE[e.deflection]].append(i)
     return out if out["x"] and out["y"] else None
+
+
+def plane_axes(st: Stage, planes: Mapping[str, Sequence[int]]) -> dict[str, dict[str, int]]:
+    """Each plane's motors by axis (``{"y": {"pitch": 3, "height": 4, "bend": 5}}``), as
+    indices into the stage's motors."""
+    return {p: {st.motors[i].rsplit(".", 1)[1]: i for i in idx} for p, idx in planes.items()}
 
 
 def nelder_mead(x0: np.ndarray, step: float, *, xatol: float = 0.004, fatol: float = 0.01
