@@ -54,7 +54,7 @@ from twin.errors import ConfigError
 from twin.observation import BeamStats
 
 __all__ = ["PlaneLevers", "FocusModel", "Solution", "TwinFocus", "LeverCache",
-           "downstream_imager"]
+           "downstream_imager", "has_levers"]
 
 #: rms of the model error of log(W^2) that the bend fit allows (twin against beamline,
 #: the valley's coma the table leaves out, and the knife-edge's 1 % size error)
@@ -153,6 +153,13 @@ def downstream_imager(desc: BeamlineDescription, judge: str) -> str | None:
     after = [e for e in desc.elements[names.index(judge) + 1:]
              if e.kind in ("screen", "sample", "detector")]
     return after[-1].name if after else None
+
+
+def has_levers(desc: BeamlineDescription | None, st: Stage) -> bool:
+    """Whether stage *st* is a pair of mirrors focusing both planes with an imaging
+    diagnostic behind its judge: what :class:`FocusModel` needs."""
+    return desc is not None and focusing_planes(desc, st) is not None and \
+        downstream_imager(desc, st.diagnostic) is not None
 
 
 def _axes(stage: Stage, planes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, int, int]]:
@@ -429,10 +436,10 @@ class FocusModel:
         """The bend offset of largest posterior: the sizes' misfit (log, rms
         :data:`LOG_SIZE_SIGMA`) plus a Gaussian prior of a quarter of the half-width;
         and the rms misfit of log(W^2) there (0 without readings)."""
-        hw = lv.half_width[2]
-        b = np.linspace(-1.5 * hw, 1.5 * hw, 1201)
         if s.size == 0:
             return 0.0, 0.0
+        hw = lv.half_width[2]
+        b = np.linspace(-1.5 * hw, 1.5 * hw, 1201)
         pred = np.log(lv.size2(s[None, :] + b[:, None]))
         sq = np.sum((logy[None, :] - pred) ** 2, axis=1)
         k = int(np.argmin(sq / LOG_SIZE_SIGMA ** 2 + (b / (0.25 * hw)) ** 2))
@@ -464,9 +471,9 @@ class LeverCache:
         """The levers of *problem*'s stage; None when it is not a pair of mirrors
         focusing both planes with an imaging diagnostic behind the judge."""
         st = problem.stage
-        planes = focusing_planes(desc, st)
-        if planes is None or downstream_imager(desc, st.diagnostic) is None:
+        if not has_levers(desc, st):
             return None
+        planes = focusing_planes(desc, st)
         half = {m: float(problem.hi[i] - problem.lo[i]) / 2.0 for i, m in enumerate(st.motors)}
         key = (st.motors, tuple(round(v, 9) for v in half.values()), rays)
         if self._entry is None or self._entry[0] is not desc or self._entry[1] != key:

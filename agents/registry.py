@@ -9,12 +9,12 @@ import numpy as np
 
 from agents.bayes import BayesOptAgent
 from agents.classic import NelderMeadAgent, RandomAgent, ScanAgent
-from agents.focus_model import downstream_imager
+from agents.focus_model import has_levers
 from agents.harness import Agent
 from agents.model_based import ModelBasedAgent
 from agents.problem import AlignmentProblem
 from agents.rl import HybridAgent, RLAgent
-from agents.separable import SeparableAgent, focusing_planes
+from agents.separable import SeparableAgent
 from agents.stages import Stage
 from agents.steering import SteerAgent
 from twin.description import BeamlineDescription
@@ -45,10 +45,7 @@ def best_agent_for(desc: BeamlineDescription | None, st: Stage) -> str:
     the next best, ``steer``, needs 26); ``steer`` everywhere else (m1 and mono:
     100 % in 5-6 evaluations, as the RL policies, against 7-9 for ``model``).
     """
-    if desc is not None and focusing_planes(desc, st) is not None and \
-            downstream_imager(desc, st.diagnostic) is not None:
-        return "model"
-    return "steer"
+    return "model" if has_levers(desc, st) else "steer"
 
 
 @dataclass
