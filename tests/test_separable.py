@@ -1,4 +1,5 @@
-"""Separable refinement: one simplex per focusing plane (agents/separable.py)."""
+"""Separable refinement: one simplex per focusing plane (agents/separable.py), and the
+per-plane GPs of Bayesian optimisation on a KB pair (agents/bayes.py)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,49 @@ def test_model_agent_aligns_the_kb_with_it(desc, fast_kb):
     settings, refs = fast_kb
     res = stage_trial(desc, "kb", ModelBasedAgent(), seed=2, settings=settings)
     assert res.success and res.evaluations <= settings.budget
+
+
+def _kb_problem(desc, refs, hidden, budget):
+    st = stage(desc, "kb")
+    bl = TwinBeamline(desc, hidden=HiddenErrors(hidden), seed=4, backend="fast", rays=3000,
+                      disturbances=False)
+    prob = AlignmentProblem(bl, st, Objective(st, refs.measured["sample"]),
+                            span=default_span(desc, st), budget=budget)
+    return st, bl, prob
+
+
+def test_bayesian_optimisation_runs_one_gp_per_plane_and_holds_a_plane_in_focus(desc, fast_kb):
+    """Only KB-V is misaligned: the horizontal plane, once measured in focus, holds its
+    point while the vertical GP searches, and the pair ends aligned."""
+    from agents.bayes import BayesOptAgent
+
+    settings, refs = fast_kb
+    st, bl, prob = _kb_problem(desc, refs, {"kb_v.pitch": -4.0, "kb_v.bend": 0.4}, budget=100)
+    moves = []
+    evaluate = prob.evaluate
+    prob.evaluate = lambda u: moves.append(np.asarray(u, float).copy()) or evaluate(u)
+    u = BayesOptAgent().run(prob, np.random.default_rng(0))
+    prob.finish(u)
+    truth = Objective(st, refs.true["sample"]).judge(bl.ground_truth())
+    assert truth.success, truth
+    planes = focusing_planes(desc, st)
+    x, y = planes["x"], planes["y"]
+    held = [i for i in range(1, len(moves)) if np.array_equal(moves[i][x], moves[i - 1][x])
+            and not np.array_equal(moves[i][y], moves[i - 1][y])]
+    assert held, "the horizontal plane never held its point"
+
+
+def test_bayesian_optimisation_with_planes_off_runs_one_joint_gp(desc, fast_kb):
+    """planes=False runs the one GP over every motor on a KB pair too."""
+    from agents.bayes import BayesOptAgent
+
+    settings, refs = fast_kb
+    st, bl, prob = _kb_problem(desc, refs, {"kb_v.bend": 0.4}, budget=8)
+    calls = []
+    agent = BayesOptAgent(planes=False)
+    agent._run_planes = lambda *a, **k: calls.append("planes")
+    joint = agent._run_joint
+    agent._run_joint = lambda *a, **k: calls.append("joint") or joint(*a, **k)
+    agent.run(prob, np.random.default_rng(0))
+    assert calls == ["joint"] and 1 < prob.evaluations <= 8
+    assert BayesOptAgent().planes  # the default splits a KB pair
