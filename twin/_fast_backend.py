@@ -530,13 +530,12 @@ class FastBackend:
         # the sample. The kernel therefore computes in float64 whatever the dtype; the
         # directions that come out are close to the incoming axis again, and float32
         # stores them with no such loss.
-        out = self._k["mono"](*(v.to(f64) for v in (r.x, r.y, r.z, r.a, r.b, r.c, r.E, r.ih,
-                                                    r.iv, r.alive)),
+        # (the rays are cast inside the kernel, the constants here)
+        out = self._k["mono"](r.x, r.y, r.z, r.a, r.b, r.c, r.E, r.ih, r.iv, r.alive,
                               self._rel(k["center64"], r, f64),
                               *(v.to(f64) for v in (k["n_in"], R1, c1, R2, c2, k["size"],
                                                     t_s.v, t_s.g, t_p.v, t_p.g, k["kb"])),
                               t_s.two_d, t_p is t_s, crystal)
-        out = tuple(v.to(self.dtype) for v in out)
         return r.replace(**dict(zip(("x", "y", "z", "a", "b", "c", "ih", "iv", "alive"), out,
                                     strict=True)), origin=k["center64"])
 

@@ -165,6 +165,31 @@ def _surface(shape: str, x: Tensor, y: Tensor, surf: Tensor) -> Vec:
     return kappa * (y * y - L * L / 4) / 2, torch.zeros_like(y), kappa * y
 
 
+def _ellipse_hit(px: Tensor, py: Tensor, pz: Tensor, dx: Tensor, dy: Tensor, dz: Tensor,
+                 surf: Tensor) -> tuple[Tensor, ...]:
+    """Exact intersection of rays with the elliptical cylinder
+    ``F = alpha z^2 + 2 beta y z + gamma y^2 - 2 k1 y - 2 k2 z = 0`` (local frame, mm).
+
+    On the ray ``p + t d`` F is a quadratic in t, ``a2 t^2 + 2 b1 t + F(p) = 0``; the
+    rays start on the tangent plane at the centre, so the near root is the small one,
+    taken in the form without cancellation: one square root per ray where Newton
+    iterations on ``z = f(y)`` take one per step. Returns the point, the slopes
+    ``(0, dz/dy)`` there and whether the ray meets the cylinder at all.
+    """
+    A, beta, gamma = surf[:, 0:1], surf[:, 1:2], surf[:, 2:3]
+    k1, k2 = surf[:, 3:4], surf[:, 4:5]
+    a2 = A * dz * dz + 2.0 * beta * dy * dz + gamma * dy * dy
+    b1 = A * pz * dz + beta * (py * dz + pz * dy) + gamma * py * dy - k1 * dy - k2 * dz
+    c0 = A * pz * pz + 2.0 * beta * py * pz + gamma * py * py - 2.0 * k1 * py - 2.0 * k2 * pz
+    disc = b1 * b1 - a2 * c0
+    met = disc >= 0
+    sgn = torch.where(b1 >= 0, 1.0, -1.0)
+    t = -c0 / (b1 + sgn * torch.sqrt(disc.clamp(min=0.0)))
+    qx, qy, qz = px + t * dx, py + t * dy, pz + t * dz
+    fy = -(beta * qz + gamma * qy - k1) / (A * qz + beta * qy - k2)
+    return qx, qy, qz, torch.zeros_like(fy), fy, met
+
+
 def mirror(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, E: Tensor,
            ih: Tensor, iv: Tensor, alive: Tensor, shift: Tensor, n_in: Tensor, R: Tensor,
            cpos: Tensor, surf: Tensor, size: Tensor, tab_h: Tensor, g_h: Tensor, tab_v: Tensor,
@@ -173,7 +198,8 @@ def mirror(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, E: 
     """Specular reflection off a mirror at pose (R (B, 3, 3), centre cpos (B, 3)).
 
     The rays are first carried to the plane through the design centre (small local
-    numbers), then intersected exactly with the surface (Newton iterations on
+    numbers), then intersected exactly with the surface (the elliptical cylinder in
+    closed form, :func:`_ellipse_hit`; the other shapes by Newton iterations on
     z = f(x, y) from the tangent plane), clipped by the footprint (*size*: half width,
     half length, soft edge width, mm) and weighted by the coating's reflectivity
     tables against the sine of the grazing angle, which spares an arcsine per ray:
@@ -185,18 +211,22 @@ def mirror(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, E: 
     x, y, z = _to_plane_through_origin(x - shift[0], y - shift[1], z - shift[2], a, b, c, n_in)
     px, py, pz = _to_local(x - cpos[:, 0:1], y - cpos[:, 1:2], z - cpos[:, 2:3], R)
     dx, dy, dz = _to_local(a, b, c, R)
-    t = -pz / dz
-    for _ in range(newton_steps):
-        qx, qy = px + t * dx, py + t * dy
-        f, fx, fy = _surface(shape, qx, qy, surf)
-        t = t - (pz + t * dz - f) / (dz - fx * dx - fy * dy)
-    qx, qy, qz = px + t * dx, py + t * dy, pz + t * dz
-    _, fx, fy = _surface(shape, qx, qy, surf)
+    if shape == "elliptical":
+        qx, qy, qz, fx, fy, met = _ellipse_hit(px, py, pz, dx, dy, dz, surf)
+    else:
+        t = -pz / dz
+        for _ in range(newton_steps):
+            qx, qy = px + t * dx, py + t * dy
+            f, fx, fy = _surface(shape, qx, qy, surf)
+            t = t - (pz + t * dz - f) / (dz - fx * dx - fy * dy)
+        qx, qy, qz = px + t * dx, py + t * dy, pz + t * dz
+        _, fx, fy = _surface(shape, qx, qy, surf)
+        met = torch.isfinite(qz)
     inv = torch.rsqrt(fx * fx + fy * fy + 1.0)
     nx, ny, nz = -fx * inv, -fy * inv, inv
     # no "t > 0" test: the rays start on the plane through the mirror centre, and those
     # that meet the surface upstream of that plane have t < 0 (they came from upstream)
-    hit = ((qx.abs() <= size[0]) & (qy.abs() <= size[1]) & torch.isfinite(qx)
+    hit = ((qx.abs() <= size[0]) & (qy.abs() <= size[1]) & met & torch.isfinite(qx)
            & torch.isfinite(qy) & torch.isfinite(qz) & torch.isfinite(inv)
            & torch.isfinite(nx) & torch.isfinite(ny))
     # rays that miss are dead; finite stand-ins keep NaN out of readings and gradients
@@ -235,7 +265,14 @@ def mono(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, E: Te
     hold the intrinsic Bragg curve against the deviation from the kinematic angle
     ``asin(kb / E)`` (``kb = hc / 2d``, eV); for multilayers, against the sine of the
     grazing angle.
+
+    The arithmetic is float64 whatever the rays' dtype (see ``FastBackend._mono``); the
+    rays are cast on the way in and back on the way out here, inside the kernel, where
+    compilation fuses the casts into its loops instead of copying every ray array twice.
     """
+    dtype = x.dtype
+    x, y, z, a, b, c, E, ih, iv, alive = (v.to(torch.float64) for v in
+                                          (x, y, z, a, b, c, E, ih, iv, alive))
     if crystal:  # sine and cosine of the kinematic Bragg angle of each ray
         s_b = (kb / E).clamp(max=1.0 - 1e-12)
         c_b = torch.sqrt(1.0 - s_b * s_b)
@@ -271,7 +308,7 @@ def mono(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, E: Te
         x, y, z = gx + cc[:, 0:1], gy + cc[:, 1:2], gz + cc[:, 2:3]
         a, b, c = _to_global(dx, dy, -dz, R)
         alive = alive * hit.to(alive.dtype)
-    return x, y, z, a, b, c, ih, iv, alive
+    return tuple(v.to(dtype) for v in (x, y, z, a, b, c, ih, iv, alive))
 
 
 # --------------------------------------------------------------------------- observers
