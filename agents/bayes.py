@@ -34,8 +34,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from agents.beam_search import find_beam
 from agents.objective import FLUX_FLOOR, FLUX_STOP, SIZE_CAP, SIZE_STOP
 from agents.problem import AlignmentProblem, Evaluation
+from agents.separable import focusing_planes
+from twin.description import BeamlineDescription
 
 __all__ = ["BayesOptAgent"]
 
@@ -208,8 +211,6 @@ class BayesOptAgent:
 
     def run(self, problem: AlignmentProblem, rng: np.random.Generator) -> np.ndarray:
         """Align; returns the chosen point."""
-        from agents.separable import focusing_planes
-
         desc = getattr(problem.safe.inner, "desc", None)
         planes = (focusing_planes(desc, problem.stage)
                   if self.planes and desc is not None else None)
@@ -262,13 +263,10 @@ class BayesOptAgent:
         return best.u.copy()
 
     def _run_planes(self, problem: AlignmentProblem, planes: dict[str, list[int]],
-                    desc: object, seed: int) -> np.ndarray:
+                    desc: BeamlineDescription, seed: int) -> np.ndarray:
         """One GP per focusing plane, both fed by every reading; returns the reading that
         looks aligned, else each plane's best point combined."""
-        # beam_search imports agents.separable, which imports agents.classic: here, not above
         from torch.quasirandom import SobolEngine
-
-        from agents.beam_search import find_beam
 
         diag, goal = problem.stage.diagnostic, problem.stage.goal
 
@@ -303,7 +301,7 @@ class BayesOptAgent:
         if prev is not None:
             ingest(prev)
         if not done(best):
-            found = find_beam(problem, best, desc)  # type: ignore[arg-type]
+            found = find_beam(problem, best, desc)
             if found is not best:
                 ingest(found)
         n_init = self.n_init if self.n_init is not None else max(map(len, planes.values())) + 1
