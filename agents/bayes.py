@@ -37,7 +37,7 @@ import torch
 from agents.beam_search import find_beam
 from agents.objective import FLUX_FLOOR, FLUX_STOP, SIZE_CAP, SIZE_STOP
 from agents.problem import AlignmentProblem, Evaluation
-from agents.separable import focusing_planes
+from agents.separable import focusing_planes, plane_loss
 from twin.description import BeamlineDescription
 
 __all__ = ["BayesOptAgent"]
@@ -274,13 +274,7 @@ class BayesOptAgent:
             return ev.judgement.looks_aligned(self.stop_fom, goal)
 
         def score(ev: Evaluation, plane: str) -> float:
-            j = ev.judgement
-            s = ev.observation.reading(diag).stats
-            w = s.fwhm_x_um if plane == "x" else s.fwhm_y_um
-            if not (j.flux_ratio > 0 and math.isfinite(w) and w > 0):
-                return -math.inf
-            c = min(1.0, j.flux_ratio / FLUX_FLOOR) ** 4
-            return -(2.0 * math.log(w) - math.log(j.flux_ratio * c))
+            return -plane_loss(ev, diag, plane)
 
         def in_focus(ev: Evaluation, plane: str, size: float, flux: float) -> bool:
             j = ev.judgement

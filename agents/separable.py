@@ -29,8 +29,8 @@ from agents.problem import AlignmentProblem, Evaluation
 from agents.stages import Stage
 from twin.description import BeamlineDescription, Mirror
 
-__all__ = ["focusing_planes", "plane_axes", "nelder_mead", "SeparableSimplex", "SeparableAgent",
-           "refine"]
+__all__ = ["focusing_planes", "plane_axes", "plane_loss", "nelder_mead", "SeparableSimplex",
+           "SeparableAgent", "refine"]
 
 #: deflection -> the plane a mirror focuses (and whose spot size it sets)
 _PLANE = {"left": "x", "right": "x", "up": "y", "down": "y"}
@@ -55,6 +55,19 @@ def plane_axes(st: Stage, planes: Mapping[str, Sequence[int]]) -> dict[str, dict
     """Each plane's motors by axis (``{"y": {"pitch": 3, "height": 4, "bend": 5}}``), as
     indices into the stage's motors."""
     return {p: {st.motors[i].rsplit(".", 1)[1]: i for i in idx} for p, idx in planes.items()}
+
+
+def plane_loss(ev: Evaluation, diagnostic: str, plane: str) -> float:
+    """One focusing plane's loss at *diagnostic*: ``2 log W - log(T c)``, its FWHM (um) and
+    the shared flux ratio ``T`` with its constraint ``c`` (so that no plane buys a small
+    spot with lost flux); inf without beam or without a size."""
+    j = ev.judgement
+    s = ev.observation.reading(diagnostic).stats
+    w = s.fwhm_x_um if plane == "x" else s.fwhm_y_um
+    if not (j.flux_ratio > 0 and math.isfinite(w) and w > 0):
+        return math.inf
+    c = min(1.0, j.flux_ratio / FLUX_FLOOR) ** 4
+    return 2.0 * math.log(w) - math.log(j.flux_ratio * c)
 
 
 def nelder_mead(x0: np.ndarray, step: float, *, xatol: float = 0.004, fatol: float = 0.01
@@ -128,13 +141,7 @@ class SeparableSimplex:
             return ev.judgement.looks_aligned(self.stop_fom, goal)
 
         def loss(ev: Evaluation, plane: str) -> float:
-            j = ev.judgement
-            s = ev.observation.reading(diag).stats
-            w = s.fwhm_x_um if plane == "x" else s.fwhm_y_um
-            if not (j.flux_ratio > 0 and math.isfinite(w) and w > 0):
-                return math.inf
-            c = min(1.0, j.flux_ratio / FLUX_FLOOR) ** 4
-            return 2.0 * math.log(w) - math.log(j.flux_ratio * c)
+            return plane_loss(ev, diag, plane)
 
         best_ev = start
         best = {p: (loss(start, p), start.u[idx].copy()) for p, idx in planes.items()}
