@@ -98,8 +98,10 @@ class _TrustRegionGP:
         tx = torch.as_tensor(np.array(self.X), dtype=torch.float64)
         ty = torch.as_tensor(y, dtype=torch.float64).unsqueeze(-1)
         bounds = torch.stack([-torch.ones(d), torch.ones(d)]).double()
-        gp = SingleTaskGP(tx, ty, input_transform=Normalize(d, bounds=bounds),
-                          outcome_transform=Standardize(1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a flat outcome (no beam anywhere yet) warns
+            gp = SingleTaskGP(tx, ty, input_transform=Normalize(d, bounds=bounds),
+                              outcome_transform=Standardize(1))
         if self._hyper is not None and len(self.X) - self._fitted_at < self.refit_every:
             # the last fit's hyperparameters (not the data's statistics)
             gp.load_state_dict({k: v for k, v in self._hyper.items()

@@ -123,3 +123,16 @@ def test_bayesian_optimisation_with_planes_off_runs_one_joint_gp(desc, fast_kb):
     agent.run(prob, np.random.default_rng(0))
     assert calls == ["joint"] and 1 < prob.evaluations <= 8
     assert BayesOptAgent().planes  # the default splits a KB pair
+
+
+def test_bayesian_optimisation_that_never_sees_the_beam_returns_to_the_start(desc, fast_kb):
+    """Both heights far beyond the beam search: every reading is dark, and BO hands back
+    the start instead of a point it never saw a beam at."""
+    from agents.bayes import BayesOptAgent
+
+    settings, refs = fast_kb
+    st, bl, prob = _kb_problem(desc, refs, {"kb_h.height": 400.0, "kb_v.height": 400.0},
+                               budget=30)
+    u = BayesOptAgent().run(prob, np.random.default_rng(0))
+    assert prob.evaluations == 30 - 1  # the whole budget searched, one kept for the finish
+    np.testing.assert_array_equal(u, np.zeros(len(st.motors)))
