@@ -13,9 +13,9 @@ It is the same beamline as the xrt reference, not an approximation of it:
   is read from xrt (:meth:`XrtBackend.element_pose`), motor rotations follow
   xrt's conventions (``R = R0 Rz(yaw) Ry(roll) Rx(pitch)``), and a DCM's two
   crystals are composed exactly as xrt composes them;
-* ray-surface intersections are exact (Newton iterations on z = f(x, y),
-  started from the tangent plane) for flat, bent-flat (parabolic cylinder),
-  toroidal and elliptical-cylinder mirrors, with footprint clipping;
+* ray-surface intersections are exact: in closed form for elliptical-cylinder
+  mirrors, by Newton iterations on z = f(x, y) started from the tangent plane for
+  flat, bent-flat (parabolic cylinder) and toroidal ones, with footprint clipping;
 * reflectivities come from tables of xrt's own material models: mirror and
   multilayer coatings versus grazing angle and energy, and the crystal's
   intrinsic Bragg curve versus the deviation from the kinematic Bragg angle.
@@ -78,6 +78,7 @@ PARAM_FIELDS: dict[str, tuple[str, ...]] = {
     "mono": ("bragg", "pitch2", "roll2", "perp"),
     "observer": ("dx", "dz", "dy"),
 }
+#: Newton steps of the ray-surface intersection (flat, bent-flat and toroidal mirrors)
 _NEWTON_STEPS = 3
 #: a band narrower than this fraction of its energy uses 1-D (angle-only) tables
 _NARROW_BAND = 0.005

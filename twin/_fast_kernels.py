@@ -133,28 +133,16 @@ def slits(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, aliv
 
 # --------------------------------------------------------------------------- mirrors
 def _surface(shape: str, x: Tensor, y: Tensor, surf: Tensor) -> Vec:
-    """Surface height f(x, y) and slopes (df/dx, df/dy) in the mirror's local frame, mm.
+    """Surface height f(x, y) and slopes (df/dx, df/dy) in the mirror's local frame, mm,
+    for the shapes met by Newton iterations (the elliptical cylinder is met in closed
+    form, :func:`_ellipse_hit`).
 
     *surf* (B, k) holds the per-state coefficients:
 
     * ``"flat"`` (also cylindrical): a bent flat with fixed ends, xrt's BentFlatMirror,
       whose design sag is compensated by the centre offset: ``(kappa, L)``;
-    * ``"toroidal"``: ``(kappa, sagittal radius)``;
-    * ``"elliptical"``: the elliptical cylinder ``alpha Z^2 + 2 beta Y Z + gamma Y^2 = 1``
-      as ``(alpha, beta, gamma, k1, k2)`` (see ``FastBackend._ellipse_coeffs``).
+    * ``"toroidal"``: ``(kappa, sagittal radius)``.
     """
-    if shape == "elliptical":
-        A, beta, gamma = surf[:, 0:1], surf[:, 1:2], surf[:, 2:3]
-        k1, k2 = surf[:, 3:4], surf[:, 4:5]
-        # f solves A f^2 + Bq f + C = 0 with C = y (gamma y - 2 k1), which vanishes exactly
-        # at the centre: the small root has no cancellation
-        Bq = 2.0 * (beta * y - k2)
-        C = y * (gamma * y - 2.0 * k1)
-        disc = (Bq * Bq - 4.0 * A * C).clamp(min=1e-30)
-        sgn = torch.where(Bq >= 0, 1.0, -1.0)
-        f = -2.0 * C / (Bq + sgn * torch.sqrt(disc))
-        fy = -(beta * f + gamma * y - k1) / (A * f + beta * y - k2)
-        return f, torch.zeros_like(f), fy
     kappa = surf[:, 0:1]
     if shape == "toroidal":
         r = surf[:, 1:2]
@@ -168,7 +156,9 @@ def _surface(shape: str, x: Tensor, y: Tensor, surf: Tensor) -> Vec:
 def _ellipse_hit(px: Tensor, py: Tensor, pz: Tensor, dx: Tensor, dy: Tensor, dz: Tensor,
                  surf: Tensor) -> tuple[Tensor, ...]:
     """Exact intersection of rays with the elliptical cylinder
-    ``F = alpha z^2 + 2 beta y z + gamma y^2 - 2 k1 y - 2 k2 z = 0`` (local frame, mm).
+    ``F = alpha z^2 + 2 beta y z + gamma y^2 - 2 k1 y - 2 k2 z = 0`` (local frame, mm),
+    *surf* (B, 5) holding ``(alpha, beta, gamma, k1, k2)`` per state (see
+    ``FastBackend._ellipse_coeffs``).
 
     On the ray ``p + t d`` F is a quadratic in t, ``a2 t^2 + 2 b1 t + F(p) = 0``; the
     rays start on the tangent plane at the centre, so the near root is the small one,
