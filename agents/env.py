@@ -601,6 +601,26 @@ class AlignVecEnv(gym.vector.VectorEnv):
         return np.stack(obs), judged
 
     # ------------------------------------------------------------------ API
+    @property
+    def u(self) -> np.ndarray:
+        """``(num_envs, dof)`` motor positions, agent units (a copy)."""
+        return self._u.copy()
+
+    def ideal_u(self) -> np.ndarray:
+        """``(num_envs, dof)`` where each beamline's motors give the ideal beam, agent units.
+
+        This reads the hidden errors, which a real beamline never tells: it is for
+        teachers in simulation (:mod:`agents.imitation`), never for an agent. The ideal
+        positions are ``design - offset`` (:meth:`twin.hidden.HiddenErrors.ideal_positions`)
+        and may lie outside the search box (beyond +-1).
+        """
+        out = np.empty_like(self._u)
+        off = self._hidden[:, self._cols].numpy()
+        for k, v in enumerate(self._variants):
+            sel = self._variant == k
+            out[sel] = 2.0 * (v.x0 - off[sel] - v.lo) / (v.hi - v.lo) - 1.0
+        return out
+
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """Every sub-environment gets a new misaligned beamline."""

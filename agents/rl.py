@@ -55,6 +55,7 @@ from agents.env import (
     observation_vector,
 )
 from agents.focus_model import downstream_imager
+from agents.imitation import ImitationConfig, imitate
 from agents.problem import AlignmentProblem, Evaluation
 from agents.stages import Stage
 from agents.stages import stage as stage_of
@@ -127,6 +128,10 @@ class TrainConfig:
         Timesteps between checkpoints (0: none).
     threads : int
         torch threads (one suits small networks on a 2-core machine).
+    imitation_steps : int
+        Environment steps of imitation before the RL algorithm (0: none): DAgger from a
+        teacher that knows the hidden errors (:mod:`agents.imitation`). With imitation,
+        ``timesteps`` may be 0 (no RL fine-tuning).
     """
 
     stage: str = "kb"
@@ -148,11 +153,18 @@ class TrainConfig:
     eval_episodes: int = 64
     checkpoint_every: int = 100_000
     threads: int = 1
+    imitation_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.algo not in ALGORITHMS:
             raise ConfigError(f"algo must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")
-        for name in ("timesteps", "num_envs", "rays", "max_steps", "eval_episodes", "threads"):
+        for name in ("imitation_steps", "timesteps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {v!r}")
+        if self.timesteps + self.imitation_steps == 0:
+            raise ConfigError("nothing to train: timesteps and imitation_steps are both 0")
+        for name in ("num_envs", "rays", "max_steps", "eval_episodes", "threads"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
@@ -272,7 +284,8 @@ class TrainReport:
         return {"stage": m["stage"], "algo": m["algo"], "timesteps": m["timesteps"],
                 "seed": m["seed"], "wall_s": self.wall_s, "policy": str(self.policy.resolve()),
                 "metadata": str(self.policy.with_suffix(".json").resolve()),
-                "eval": m["eval"], "checkpoints": m.get("checkpoints")}
+                "eval": m["eval"], "checkpoints": m.get("checkpoints"),
+                "imitation": m.get("imitation")}
 
 
 def _code_version() -> dict[str, Any]:
@@ -367,7 +380,14 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Tr
         if progress:
             callbacks.append(ProgressBarCallback())
         t0 = time.perf_counter()
-        model.learn(total_timesteps=cfg.timesteps, callback=CallbackList(callbacks))
+        imitation = None
+        if cfg.imitation_steps:
+            teach_env = Sb3AlignVecEnv(AlignVecEnv(cfg.num_envs, cfg.env_config()),
+                                       cfg.seed + 300_000)
+            imitation = imitate(model, teach_env, ImitationConfig(steps=cfg.imitation_steps),
+                                seed=cfg.seed, progress=progress).to_dict()
+        if cfg.timesteps:
+            model.learn(total_timesteps=cfg.timesteps, callback=CallbackList(callbacks))
         wall = time.perf_counter() - t0
         evaluation = evaluate_policy_success(model, cfg, episodes=cfg.eval_episodes,
                                              seed=cfg.seed + 200_000)
@@ -387,9 +407,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Tr
             "policy_input": "[obs_t, obs_t - obs_{t-1}]", "max_step": cfg.max_step,
             "max_steps": cfg.max_steps, "timesteps": cfg.timesteps, "seed": cfg.seed,
             "config": dataclasses.asdict(cfg), "versions": _code_version(),
-            "train_wall_s": wall, "eval": evaluation,
-            "checkpoints": str((out / "checkpoints").resolve()) if cfg.checkpoint_every
-            else None}
+            "train_wall_s": wall, "imitation": imitation, "eval": evaluation,
+            "checkpoints": str((out / "checkpoints").resolve())
+            if cfg.checkpoint_every and cfg.timesteps else None}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
     return TrainReport(path, meta, wall)
 

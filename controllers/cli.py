@@ -526,6 +526,9 @@ def _energies(value: str | None) -> tuple[float, ...]:
 @click.option("--imager/--no-imager", default=False, show_default=True,
               help="The policy also sees the beam's centroid at the detector behind the "
                    "stage's diagnostic (for the KB: pitch and height in one reading).")
+@click.option("--imitate", "imitation_steps", type=int, default=0, show_default=True,
+              help="Environment steps of imitation (DAgger from a teacher that knows the "
+                   "hidden errors) before the RL algorithm; with it, --timesteps may be 0.")
 @click.option("--eval-every", type=int, default=50_000, show_default=True,
               help="Timesteps between evaluations (0: none).")
 @click.option("--checkpoint-every", type=int, default=100_000, show_default=True,
@@ -537,7 +540,7 @@ def _energies(value: str | None) -> tuple[float, ...]:
 @json_option
 def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, num_envs: int,
               rays: int, seed: int, max_steps: int, max_step: float, p_source: float,
-              image_pixels: int, energies: str | None, imager: bool,
+              image_pixels: int, energies: str | None, imager: bool, imitation_steps: int,
               eval_every: int, checkpoint_every: int, out: str, progress: bool,
               as_json: bool) -> None:
     """Train an RL alignment policy for one stage on the fast twin (stable-baselines3)."""
@@ -550,15 +553,16 @@ def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, nu
         cfg = TrainConfig(stage=stage_name, algo=algo, timesteps=timesteps, num_envs=num_envs,
                           rays=rays, seed=seed, preset=preset, max_steps=max_steps,
                           max_step=max_step, p_source=p_source, image_pixels=image_pixels,
-                          imager=imager,
+                          imager=imager, imitation_steps=imitation_steps,
                           energies_eV=_energies(energies),
                           eval_every=eval_every, checkpoint_every=checkpoint_every)
         doc = train(cfg, out, progress=progress).to_dict()
 
         def text() -> str:
             e = doc["eval"]
+            taught = f"{doc['imitation']['samples']} imitated and " if doc["imitation"] else ""
             return (f"{doc['algo']} policy for stage {doc['stage']}: {doc['policy']} "
-                    f"({doc['timesteps']} steps in {doc['wall_s']:.0f} s); on "
+                    f"({taught}{doc['timesteps']} RL steps in {doc['wall_s']:.0f} s); on "
                     f"{e['episodes']} fresh beamlines: {e['success_rate']:.0%} aligned, "
                     f"median {e['median_steps']:.0f} steps")
 
