@@ -161,7 +161,8 @@ def imitate(model: Any, env: Any, cfg: ImitationConfig, *, seed: int = 0,
     """
     venv: AlignVecEnv = env.venv
     n = env.num_envs
-    rounds = max(1, cfg.steps // (n * cfg.rollout))
+    rollout = min(cfg.rollout, max(1, cfg.steps // n))
+    rounds = max(1, cfg.steps // (n * rollout))
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     params = _parameters(model)
@@ -176,7 +177,7 @@ def imitate(model: Any, env: Any, cfg: ImitationConfig, *, seed: int = 0,
     t0 = time.perf_counter()
     x = env.reset()
     for r in range(rounds):
-        for _ in range(cfg.rollout):
+        for _ in range(rollout):
             target = teacher_actions(venv)
             xs.append(x.copy())
             ys.append(target.astype(np.float32))
