@@ -502,6 +502,15 @@ def _energies(value: str | None) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _widths(v: str) -> tuple[int, ...]:
+    """``--net-arch`` as layer widths."""
+    try:
+        return tuple(int(w) for w in v.split(","))
+    except ValueError:
+        raise ConfigError(f"--net-arch takes layer widths, comma-separated integers; got "
+                          f"{v!r}") from None
+
+
 @cli.command("train")
 @preset_option
 @click.option("--stage", "stage_name", default="kb", show_default=True, help="Stage to learn.")
@@ -526,6 +535,8 @@ def _energies(value: str | None) -> tuple[float, ...]:
 @click.option("--imager/--no-imager", default=False, show_default=True,
               help="The policy also sees the beam's centroid at the detector behind the "
                    "stage's diagnostic (for the KB: pitch and height in one reading).")
+@click.option("--net-arch", default="64,64", show_default=True, metavar="W1,W2",
+              help="Hidden layer widths of the policy and value networks.")
 @click.option("--imitate", "imitation_steps", type=int, default=0, show_default=True,
               help="Environment steps of imitation (DAgger from a teacher that knows the "
                    "hidden errors) before the RL algorithm; with it, --timesteps may be 0.")
@@ -540,7 +551,8 @@ def _energies(value: str | None) -> tuple[float, ...]:
 @json_option
 def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, num_envs: int,
               rays: int, seed: int, max_steps: int, max_step: float, p_source: float,
-              image_pixels: int, energies: str | None, imager: bool, imitation_steps: int,
+              image_pixels: int, energies: str | None, imager: bool, net_arch: str,
+              imitation_steps: int,
               eval_every: int, checkpoint_every: int, out: str, progress: bool,
               as_json: bool) -> None:
     """Train an RL alignment policy for one stage on the fast twin (stable-baselines3)."""
@@ -554,6 +566,7 @@ def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, nu
                           rays=rays, seed=seed, preset=preset, max_steps=max_steps,
                           max_step=max_step, p_source=p_source, image_pixels=image_pixels,
                           imager=imager, imitation_steps=imitation_steps,
+                          net_arch=_widths(net_arch),
                           energies_eV=_energies(energies),
                           eval_every=eval_every, checkpoint_every=checkpoint_every)
         doc = train(cfg, out, progress=progress).to_dict()

@@ -226,17 +226,22 @@ def test_train_json_writes_a_policy_and_its_metadata(tmp_path):
 
 def test_train_imitate_json_reports_the_imitation(tmp_path):
     code, doc = run("train", "--stage", "mono", "--timesteps", "0", "--imitate", "64", "--envs",
-                    "2", "--rays", "100", "--eval-every", "0", "--checkpoint-every", "0",
-                    "--max-steps", "4", "--no-progress", "--out", str(tmp_path), "--json")
+                    "2", "--rays", "100", "--net-arch", "32,32", "--eval-every", "0",
+                    "--checkpoint-every", "0", "--max-steps", "4", "--no-progress", "--out",
+                    str(tmp_path), "--json")
     assert code == 0, doc
     assert doc["timesteps"] == 0 and doc["imitation"]["samples"] == 64
     assert doc["imitation"]["rounds"] == 1 and doc["checkpoints"] is None
+    meta = json.loads((tmp_path / "mono.json").read_text())
+    assert meta["config"]["net_arch"] == [32, 32]
 
 
 @pytest.mark.parametrize("args,needle", [
     (["--stage", "kbb"], "unknown alignment stage"),
     (["--timesteps", "0"], "nothing to train"),
     (["--imitate", "-3"], "imitation_steps must be"),
+    (["--net-arch", "64,x"], "--net-arch"),
+    (["--net-arch", "0"], "net_arch must be"),
     (["--p-source", "2"], "p_source"),
     (["--energies", "9e3,x"], "--energies"),
     (["--max-step", "0"], "max_step"),
