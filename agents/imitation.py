@@ -65,8 +65,9 @@ class ImitationConfig:
     rollout : int
         Steps per beamline in one DAgger round.
     teacher_mix : float
-        Probability that a beamline follows the teacher, not the student, in a round
-        after the first (the first follows the teacher with noise).
+        In the rounds after the first, the probability that a beamline's next move is the
+        teacher's rather than the student's, drawn per beamline and step (the first round
+        follows the teacher, with noise).
     first_noise : float
         rms of the noise on the teacher's moves in the first round, action units.
     epochs : int
