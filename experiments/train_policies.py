@@ -29,7 +29,7 @@ SETTINGS: dict[str, dict] = {
     # the KB: imitation of the teacher that knows the hidden errors (DAgger), no RL steps;
     # PPO after it lost success at every setting tried (docs/agents.md)
     "kb": {"algo": "ppo", "timesteps": 0, "imitation_steps": 128_000, "max_step": 0.1,
-           "imager": True, "num_envs": 64, "net_arch": (256, 256)},
+           "imager": True, "num_envs": 64, "net_arch": (256, 256), "rays": 1000},
 }
 ROOT = Path(__file__).resolve().parents[1]
 
