@@ -97,6 +97,8 @@ class Episode:
         The source's difference from the design (None: the design source).
     energy : int
         Index into ``AlignConfig.energies_eV`` (0 with none).
+    imager_error : bool
+        The imager behind the judge carries its own hidden offset (day-one error).
     """
 
     misalign: float
@@ -105,6 +107,7 @@ class Episode:
     backlash: bool
     source: SourcePerturbation | None
     energy: int
+    imager_error: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +143,10 @@ class AlignConfig:
         there: with the judge's own centroid it gives a KB mirror's pitch and height in
         one reading (docs/agents.md, the twin's levers). Two features, signed log of
         :data:`IMAGER_UM` units.
+    p_imager_error : float
+        Probability that an episode's imager carries its own day-one offset (its motors'
+        hidden errors), as in a one-click run, where the detector is not where the ideal
+        beam sat on it.
     stop_fom : float
         Figure of merit that counts as aligned.
     success_steps : int
@@ -164,6 +171,7 @@ class AlignConfig:
     energies_eV: tuple[float, ...] = ()
     image_pixels: int = 0
     imager: bool = False
+    p_imager_error: float = 0.0
     stop_fom: float = 0.9
     success_steps: int = 2
     span_sigmas: float | None = None
@@ -178,7 +186,7 @@ class AlignConfig:
         if not (0 <= lo <= hi and math.isfinite(hi)):
             raise ConfigError(f"misalign must be >= 0 (or a range low <= high), got "
                               f"{self.misalign!r}")
-        for name in ("p_noise", "p_backlash", "p_source"):
+        for name in ("p_noise", "p_backlash", "p_source", "p_imager_error"):
             p = getattr(self, name)
             if not 0 <= p <= 1:
                 raise ConfigError(f"{name} must be a probability in [0, 1], got {p!r}")
@@ -213,7 +221,8 @@ class AlignConfig:
         source = draw_source(desc, rng, self.source_scale) \
             if self.p_source > 0 and rng.random() < self.p_source else None
         variant = int(rng.integers(len(self.energies_eV))) if len(self.energies_eV) > 1 else 0
-        return Episode(scale, seed, noise, backlash, source, variant)
+        imager_error = bool(self.p_imager_error > 0 and rng.random() < self.p_imager_error)
+        return Episode(scale, seed, noise, backlash, source, variant, imager_error)
 
     def obs_length(self, st: Stage) -> int:
         """Length of the observation for stage *st*."""
@@ -310,6 +319,11 @@ def _imager_of(cfg: AlignConfig, desc: BeamlineDescription, st: Stage) -> str | 
     return name
 
 
+def _imager_motors(desc: BeamlineDescription, imager: str | None) -> list[str]:
+    """The motors that move the imager (none without one)."""
+    return [m for m in desc.motors if imager is not None and m.startswith(f"{imager}.")]
+
+
 def _reward(fom_new: float, fom_old: float) -> float:
     return float(math.log(fom_new + _EPS) - math.log(fom_old + _EPS))
 
@@ -384,7 +398,9 @@ class AlignEnv(gym.Env):
         self._ref_true, self._ref_noisy = self._references(twin, episode_seed)
         desc = self._descs[ep.energy]
         full = HiddenErrors.draw(desc, scale, episode_seed)
-        hidden = HiddenErrors({m: v for m, v in full.offsets.items() if m in self.stage.motors},
+        kept = set(self.stage.motors) | (set(_imager_motors(desc, self._imager))
+                                         if ep.imager_error else set())
+        hidden = HiddenErrors({m: v for m, v in full.offsets.items() if m in kept},
                               scale, episode_seed)
         self.beamline = TwinBeamline(desc, hidden=hidden, seed=episode_seed, noise=ep.noise,
                                      disturbances=ep.backlash, twin=twin, source=ep.source)
@@ -539,6 +555,10 @@ class AlignVecEnv(gym.vector.VectorEnv):
         self._hidden[i] = 0.0
         for c, m in zip(self._cols, self.stage.motors, strict=True):
             self._hidden[i, c] = full.offset(m)
+        if ep.imager_error:
+            names = self.ft.motor_names
+            for m in _imager_motors(v.desc, self._imager):
+                self._hidden[i, names.index(m)] = full.offset(m)
         self._source[i] = v.ft.source_tensor([ep.source or SourcePerturbation()])[0]
         self._variant[i] = ep.energy
         self._u[i] = 2.0 * (v.x0 - v.lo) / (v.hi - v.lo) - 1.0

@@ -128,6 +128,9 @@ class TrainConfig:
         Timesteps between checkpoints (0: none).
     threads : int
         torch threads (one suits small networks on a 2-core machine).
+    p_imager_error : float
+        Probability that an episode's imager carries its own day-one offset
+        (:class:`~agents.env.AlignConfig`).
     imitation_steps : int
         Environment steps of imitation before the RL algorithm (0: none): DAgger from a
         teacher that knows the hidden errors (:mod:`agents.imitation`). With imitation,
@@ -154,6 +157,7 @@ class TrainConfig:
     checkpoint_every: int = 100_000
     threads: int = 1
     imitation_steps: int = 0
+    p_imager_error: float = 0.0
 
     def __post_init__(self) -> None:
         if self.algo not in ALGORITHMS:
@@ -183,6 +187,7 @@ class TrainConfig:
                            max_step=self.max_step, misalign=tuple(self.misalign),
                            p_source=self.p_source, energies_eV=tuple(self.energies_eV),
                            image_pixels=self.image_pixels, imager=self.imager,
+                           p_imager_error=self.p_imager_error,
                            max_steps=self.max_steps)
 
 

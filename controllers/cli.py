@@ -535,6 +535,9 @@ def _widths(v: str) -> tuple[int, ...]:
 @click.option("--imager/--no-imager", default=False, show_default=True,
               help="The policy also sees the beam's centroid at the detector behind the "
                    "stage's diagnostic (for the KB: pitch and height in one reading).")
+@click.option("--p-imager-error", type=float, default=0.0, show_default=True,
+              help="Probability that an episode's imager carries its own day-one offset "
+                   "(with --imager; as in a one-click run).")
 @click.option("--net-arch", default="64,64", show_default=True, metavar="W1,W2",
               help="Hidden layer widths of the policy and value networks.")
 @click.option("--imitate", "imitation_steps", type=int, default=0, show_default=True,
@@ -551,7 +554,8 @@ def _widths(v: str) -> tuple[int, ...]:
 @json_option
 def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, num_envs: int,
               rays: int, seed: int, max_steps: int, max_step: float, p_source: float,
-              image_pixels: int, energies: str | None, imager: bool, net_arch: str,
+              image_pixels: int, energies: str | None, imager: bool, p_imager_error: float,
+              net_arch: str,
               imitation_steps: int,
               eval_every: int, checkpoint_every: int, out: str, progress: bool,
               as_json: bool) -> None:
@@ -566,7 +570,7 @@ def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, nu
                           rays=rays, seed=seed, preset=preset, max_steps=max_steps,
                           max_step=max_step, p_source=p_source, image_pixels=image_pixels,
                           imager=imager, imitation_steps=imitation_steps,
-                          net_arch=_widths(net_arch),
+                          net_arch=_widths(net_arch), p_imager_error=p_imager_error,
                           energies_eV=_energies(energies),
                           eval_every=eval_every, checkpoint_every=checkpoint_every)
         doc = train(cfg, out, progress=progress).to_dict()

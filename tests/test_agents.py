@@ -257,6 +257,31 @@ def test_single_env_randomises_energy_and_source(desc):
     assert env.beamline._source is not None and env.beamline._source.size_x_scale > 0
 
 
+def test_the_imager_may_carry_its_own_day_one_offset():
+    """With ``p_imager_error=1`` the detector behind the KB is off by its hidden error: the
+    stage's motors and the judge's reading are as without, the imager's reading is not."""
+    kw = {"stage": "kb", "rays": 300, "imager": True, "p_noise": 0.0}
+    off = agents.env.AlignVecEnv(4, p_imager_error=1.0, **kw)
+    b, _ = off.reset(seed=5)
+    det = [off.ft.motor_names.index(m) for m in ("detector.x", "detector.y")]
+    assert torch.all(off._hidden[:, det] != 0)
+    ideal = off.ideal_u()
+    off._hidden[:, det] = 0.0  # the same beamlines with the detector where it belongs
+    a, _ = off._observe()
+    np.testing.assert_array_equal(off.ideal_u(), ideal)  # the teacher's goal is unchanged
+    imager = slice(7, 9)  # after the 7 readings: the imager's two centroid features
+    np.testing.assert_allclose(a[:, :7], b[:, :7], rtol=1e-6)
+    assert np.all(np.abs(a[:, imager] - b[:, imager]).max(axis=1) > 0.1)
+    plain = agents.env.AlignVecEnv(4, **kw)
+    plain.reset(seed=5)
+    assert torch.all(plain._hidden[:, det] == 0)
+    env = agents.env.AlignEnv(backend="fast", p_imager_error=1.0, **kw)
+    env.reset(seed=2)
+    assert set(env.beamline._hidden.offsets) >= {"detector.x", "detector.y"}
+    with pytest.raises(ConfigError, match="p_imager_error"):
+        agents.env.AlignConfig(p_imager_error=2.0)
+
+
 def test_env_config_refuses_bad_randomisation():
     with pytest.raises(ConfigError, match="p_source"):
         agents.env.AlignConfig(p_source=-0.1)

@@ -242,6 +242,7 @@ def test_train_imitate_json_reports_the_imitation(tmp_path):
     (["--imitate", "-3"], "imitation_steps must be"),
     (["--net-arch", "64,x"], "--net-arch"),
     (["--net-arch", "0"], "net_arch must be"),
+    (["--p-imager-error", "1.5"], "p_imager_error"),
     (["--p-source", "2"], "p_source"),
     (["--energies", "9e3,x"], "--energies"),
     (["--max-step", "0"], "max_step"),
