@@ -375,7 +375,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> Tr
             callbacks.append(CheckpointCallback(
                 save_freq=max(1, cfg.checkpoint_every // cfg.num_envs),
                 save_path=str(out / "checkpoints"), name_prefix=cfg.stage))
-        if cfg.eval_every:
+        if cfg.eval_every and cfg.timesteps:  # SB3's evaluations run during RL steps
             eval_env = VecMonitor(Sb3AlignVecEnv(
                 AlignVecEnv(min(cfg.num_envs, 16), cfg.env_config()), cfg.seed + 100_000))
             callbacks.append(EvalCallback(eval_env, n_eval_episodes=cfg.eval_episodes,

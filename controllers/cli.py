@@ -555,10 +555,8 @@ def _widths(v: str) -> tuple[int, ...]:
 def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, num_envs: int,
               rays: int, seed: int, max_steps: int, max_step: float, p_source: float,
               image_pixels: int, energies: str | None, imager: bool, p_imager_error: float,
-              net_arch: str,
-              imitation_steps: int,
-              eval_every: int, checkpoint_every: int, out: str, progress: bool,
-              as_json: bool) -> None:
+              net_arch: str, imitation_steps: int, eval_every: int, checkpoint_every: int,
+              out: str, progress: bool, as_json: bool) -> None:
     """Train an RL alignment policy for one stage on the fast twin (stable-baselines3)."""
 
     def body() -> None:
