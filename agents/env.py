@@ -477,6 +477,14 @@ class _Variant:
     ref: BeamStats
     objective: Objective
 
+    def to_u(self, x: np.ndarray) -> np.ndarray:
+        """Motor positions (motor units) in agent units: -1 and 1 at the box's edges."""
+        return 2.0 * (x - self.lo) / (self.hi - self.lo) - 1.0
+
+    def to_x(self, u: np.ndarray) -> np.ndarray:
+        """Agent units in motor positions (motor units)."""
+        return self.lo + (u + 1.0) * 0.5 * (self.hi - self.lo)
+
 
 class AlignVecEnv(gym.vector.VectorEnv):
     """``num_envs`` beamlines aligned at once, traced in one batched fast-twin call.
@@ -561,7 +569,7 @@ class AlignVecEnv(gym.vector.VectorEnv):
                 self._hidden[i, names.index(m)] = full.offset(m)
         self._source[i] = v.ft.source_tensor([ep.source or SourcePerturbation()])[0]
         self._variant[i] = ep.energy
-        self._u[i] = 2.0 * (v.x0 - v.lo) / (v.hi - v.lo) - 1.0
+        self._u[i] = v.to_u(v.x0)
         self._noise[i] = ep.noise
         self._aligned[i] = 0
         self._steps[i] = 0
@@ -578,7 +586,7 @@ class AlignVecEnv(gym.vector.VectorEnv):
             sel = idx[self._variant[idx] == k]
             if sel.size == 0:
                 continue
-            x = v.lo + (self._u[sel] + 1.0) * 0.5 * (v.hi - v.lo)
+            x = v.to_x(self._u[sel])
             pos = v.design.repeat(sel.size, 1)
             pos[:, self._cols] = torch.as_tensor(x, dtype=self.ft.dtype)
             src = self._source[sel] if self.config.p_source > 0 else None
@@ -638,7 +646,7 @@ class AlignVecEnv(gym.vector.VectorEnv):
         off = self._hidden[:, self._cols].numpy()
         for k, v in enumerate(self._variants):
             sel = self._variant == k
-            out[sel] = 2.0 * (v.x0 - off[sel] - v.lo) / (v.hi - v.lo) - 1.0
+            out[sel] = v.to_u(v.x0 - off[sel])
         return out
 
     def reset(self, *, seed: int | None = None,
