@@ -2,7 +2,8 @@
 
 :func:`train` trains a stable-baselines3 policy (PPO, SAC or TD3) on
 :class:`~agents.env.AlignVecEnv`, many beamlines in one batched fast-twin call,
-with a progress bar, periodic evaluation and checkpoints. It saves the policy
+with a progress bar, periodic evaluation and checkpoints, optionally after imitation
+of a teacher that knows the hidden errors (:mod:`agents.imitation`). It saves the policy
 (``{stage}.zip``) with a metadata file beside it (``{stage}.json``: the stage and
 its motors, the training configuration, seed, code and library versions,
 training wall time and the final evaluation).
@@ -352,6 +353,10 @@ def evaluate_policy_success(model: Any, cfg: TrainConfig, *, episodes: int,
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True) -> TrainReport:
     """Train a policy for one stage on the fast twin and save it under *out_dir*.
+
+    With ``cfg.imitation_steps``, the policy first imitates the teacher that knows the
+    hidden errors (:func:`agents.imitation.imitate`), then takes ``cfg.timesteps`` steps
+    of the RL algorithm (none when 0).
 
     Writes ``{stage}.zip`` (the SB3 model), ``{stage}.json`` (metadata),
     ``checkpoints/`` and ``eval/`` (SB3's evaluation log).
