@@ -14,11 +14,16 @@ earlier point is measured first: on a beamline aligned before, that is where it
 most likely is aligned again.
 
 On a stage whose motors split into focusing planes (a KB pair, see
-:func:`agents.separable.focusing_planes`) it runs one such GP per plane instead,
-each on its own mirror's motors and its own plane's figure, ``-(2 log W - log(T c))``
-(the plane's FWHM and the shared flux with its constraint, as the separable simplex
-minimises). Each evaluation moves both mirrors to their GP's proposal and feeds both
-GPs: two 3-D searches for the price of one 6-D one. A plane whose spot is within
+:func:`agents.separable.focusing_planes`) it runs one such GP per plane instead, on its
+own plane's figure ``-(2 log W - log(T c))``: the plane's rms size ``W`` and the shared
+flux with its constraint (:func:`agents.separable.plane_loss`). Each evaluation moves both
+mirrors to their GP's proposal and feeds both GPs: two small searches for the price of one
+6-D one. Where a plane's mirror has a pitch, a height and a bender, its GP searches pitch
+and bender only, and the height follows them: it is set where a linear fit of the plane's
+centroid on the three motors, over every reading with beam so far, puts the centroid on
+the reference's (:func:`height_for_centre`). That is what staff do by hand (keep the beam
+on the sample with one motor while they focus with the others), and it takes the beam-
+steering direction out of the GP's valley. A plane whose spot is within
 :data:`~agents.objective.SIZE_STOP` of the reference holds its point while the other
 plane searches on. When the sample sees no beam at the start, the mirrors' heights
 are rastered first (:func:`agents.beam_search.find_beam`), as the model-free agents do.
@@ -37,15 +42,50 @@ import torch
 from agents.beam_search import find_beam
 from agents.objective import FLUX_FLOOR, FLUX_STOP, SIZE_CAP, SIZE_STOP
 from agents.problem import AlignmentProblem, Evaluation
-from agents.separable import focusing_planes, plane_loss
+from agents.separable import focusing_planes, plane_axes, plane_loss
 from twin.description import BeamlineDescription
+from twin.errors import ConfigError
 
-__all__ = ["BayesOptAgent"]
+__all__ = ["BayesOptAgent", "height_for_centre"]
 
 _EPS = 1e-3
 #: a plane holding its focus searches again when its spot grows beyond this (relative to
 #: the reference): between the stop margin and the success cap, clear of the 1 % noise
 _HOLD_SIZE = (SIZE_STOP + SIZE_CAP) / 2
+#: readings with beam needed before a plane's height follows its centroid fit
+_MIN_CENTRE_ROWS = 4
+
+
+def height_for_centre(readings: Sequence[tuple[np.ndarray, float]], target_um: float,
+                      pitch: float, bend: float) -> float | None:
+    """Where the height puts a plane's centroid on *target_um*, for a pitch and a bender.
+
+    Parameters
+    ----------
+    readings : sequence of (ndarray, float)
+        ``((pitch, height, bend), centroid_um)`` for every reading with beam so far, the
+        motors in agent units.
+    target_um : float
+        The centroid wanted (the reference's), um.
+    pitch, bend : float
+        The pitch and bender about to be set, agent units.
+
+    Returns
+    -------
+    float or None
+        The height, agent units, clipped to the box; None with fewer than four readings
+        or a height that does not move the centroid. The fit is linear,
+        ``c = a p + b h + d q + e``, by least squares (the least-norm solution where the
+        readings do not determine it).
+    """
+    if len(readings) < _MIN_CENTRE_ROWS:
+        return None
+    X = np.array([np.r_[np.asarray(m, float), 1.0] for m, _ in readings])
+    y = np.array([c for _, c in readings], dtype=float)
+    a, b, d, e = np.linalg.lstsq(X, y, rcond=1e-9)[0]
+    if not abs(b) > 1e-9:
+        return None
+    return float(np.clip((target_um - a * pitch - d * bend - e) / b, -1.0, 1.0))
 
 
 class _TrustRegionGP:
@@ -151,7 +191,11 @@ class BayesOptAgent:
         Sobol points around the start before the model is used (default: the
         number of DOF + 1; on a KB pair, of one plane's DOF + 1, both planes drawn at once).
     length : float
-        Initial trust-region half-width, agent units (the box is [-1, 1]).
+        Initial trust-region half-width of the joint GP, agent units (the box is [-1, 1]).
+    plane_length : float
+        The same for each plane's GP, and the half-width of its Sobol start. On the kb
+        stage 0.3 took fewer evaluations than 0.2 or 0.5 (fast-twin trials, see
+        docs/agents.md).
     length_min : float
         A region smaller than this restarts (at full size for the joint GP, at a
         quarter of it for a plane's).
@@ -180,10 +224,18 @@ class BayesOptAgent:
     planes : bool
         One GP per focusing plane where the stage splits into planes (a KB pair);
         False: one GP over every motor on every stage.
+    plane_size : {"rms", "fwhm"}
+        The spot size each plane's GP minimises (:func:`agents.separable.plane_loss`).
+        Success is judged on the FWHM either way.
+    steer_height : bool
+        A plane's height follows its pitch and bender to keep the centroid on the
+        reference's (:func:`height_for_centre`), and the plane's GP searches pitch and
+        bender only; False: the GP searches all of the plane's motors.
     """
 
     n_init: int | None = None
     length: float = 0.5
+    plane_length: float = 0.3
     length_min: float = 0.01
     success_tol: int = 2
     failure_tol: int | None = None
@@ -194,11 +246,22 @@ class BayesOptAgent:
     tr_restarts: int = 3
     refit_every: int = 3
     planes: bool = True
+    plane_size: str = "rms"
+    steer_height: bool = True
     name: str = "bo"
 
-    def _gp(self, dim: int, seed: int) -> _TrustRegionGP:
-        return _TrustRegionGP(dim, self.length, seed, refit_every=self.refit_every,
-                              restarts=self.restarts, raw_samples=self.raw_samples)
+    def __post_init__(self) -> None:
+        if self.plane_size not in ("rms", "fwhm"):
+            raise ConfigError(f"plane_size must be 'rms' or 'fwhm', got {self.plane_size!r}")
+        for k in ("length", "plane_length", "length_min"):
+            v = getattr(self, k)
+            if not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{k} must be a finite number > 0, got {v!r}")
+
+    def _gp(self, dim: int, seed: int, length: float | None = None) -> _TrustRegionGP:
+        return _TrustRegionGP(dim, self.length if length is None else length, seed,
+                              refit_every=self.refit_every, restarts=self.restarts,
+                              raw_samples=self.raw_samples)
 
     def _start(self, problem: AlignmentProblem, done: Callable[[Evaluation], bool]
                ) -> tuple[Evaluation, Evaluation | None]:
@@ -266,17 +329,27 @@ class BayesOptAgent:
 
     def _run_planes(self, problem: AlignmentProblem, planes: dict[str, list[int]],
                     desc: BeamlineDescription, seed: int) -> np.ndarray:
-        """One GP per focusing plane, both fed by every reading; returns the reading that
-        looks aligned, else each plane's best point combined."""
+        """One GP per focusing plane, both fed by every reading; returns the point of the
+        reading that looks aligned, else of the best reading."""
         from torch.quasirandom import SobolEngine
 
         diag, goal = problem.stage.diagnostic, problem.stage.goal
+        ref = problem.objective.reference
+        target = {"x": ref.centroid_x_um, "y": ref.centroid_y_um}
+        # each plane's (pitch, height, bend) where the height can follow the centroid
+        steered = {p: (ax["pitch"], ax["height"], ax["bend"])
+                   for p, ax in plane_axes(problem.stage, planes).items()
+                   if self.steer_height and {"pitch", "height", "bend"} <= set(ax)
+                   and math.isfinite(target[p])}
+        searched = {p: ([i for i in idx if i != steered[p][1]] if p in steered else idx)
+                    for p, idx in planes.items()}
+        centred: dict[str, list[tuple[np.ndarray, float]]] = {p: [] for p in steered}
 
         def done(ev: Evaluation) -> bool:
             return ev.judgement.looks_aligned(self.stop_fom, goal)
 
         def score(ev: Evaluation, plane: str) -> float:
-            return -plane_loss(ev, diag, plane)
+            return -plane_loss(ev, diag, plane, self.plane_size)
 
         def in_focus(ev: Evaluation, plane: str, size: float, flux: float) -> bool:
             j = ev.judgement
@@ -284,14 +357,20 @@ class BayesOptAgent:
             return bool(r <= size and j.flux_ratio >= flux)
 
         start, prev = self._start(problem, done)
-        gps = {p: self._gp(len(idx), seed + 1000 * k) for k, (p, idx) in enumerate(planes.items())}
+        gps = {p: self._gp(len(idx), seed + 1000 * k, self.plane_length)
+               for k, (p, idx) in enumerate(searched.items())}
         best = start
 
         def ingest(ev: Evaluation) -> dict[str, bool]:
             nonlocal best
             if done(ev) or (ev.fom > best.fom and not done(best)):
                 best = ev
-            return {p: gps[p].add(ev.u[idx], score(ev, p)) for p, idx in planes.items()}
+            s = ev.observation.reading(diag).stats
+            for p, axes in steered.items():
+                c = s.centroid_x_um if p == "x" else s.centroid_y_um
+                if ev.judgement.flux_ratio > 0.05 and math.isfinite(c):
+                    centred[p].append((ev.u[list(axes)], c))
+            return {p: gps[p].add(ev.u[idx], score(ev, p)) for p, idx in searched.items()}
 
         ingest(start)
         if prev is not None:
@@ -304,12 +383,12 @@ class BayesOptAgent:
         draws = {p: SobolEngine(len(idx), scramble=True, seed=seed + k).draw(n_init)
                  .double().numpy() for k, (p, idx) in enumerate(planes.items())}
         origin = best.u.copy()
-        for i in range(n_init):
+        for i in range(n_init):  # every motor moves, the heights included: the fit needs them
             if done(best) or problem.remaining <= 1:
                 return best.u.copy()
             u = origin.copy()
             for p, idx in planes.items():
-                u[idx] = np.clip(origin[idx] + self.length * (2 * draws[p][i] - 1), -1, 1)
+                u[idx] = np.clip(origin[idx] + self.plane_length * (2 * draws[p][i] - 1), -1, 1)
             ingest(problem.evaluate(u))
         fail_tol = self.failure_tol if self.failure_tol is not None else 3
         held: dict[str, np.ndarray] = {}  # planes in focus hold their point
@@ -320,8 +399,13 @@ class BayesOptAgent:
                     u[idx] = held[p]
                     continue
                 if gps[p].length < self.length_min:
-                    gps[p].length = self.length / 4
-                u[idx] = gps[p].ask()
+                    gps[p].length = self.plane_length / 4
+                u[searched[p]] = gps[p].ask()
+                if p in steered:
+                    ip, ih, ib = steered[p]
+                    h = height_for_centre(centred[p], target[p], u[ip], u[ib])
+                    if h is not None:
+                        u[ih] = h
             ev = problem.evaluate(u)
             improved = ingest(ev)
             for p, idx in planes.items():
@@ -332,9 +416,6 @@ class BayesOptAgent:
                 gps[p].tell(improved[p], self.success_tol, fail_tol)
                 if in_focus(ev, p, SIZE_STOP, FLUX_STOP):
                     held[p] = ev.u[idx].copy()
-        if done(best):
-            return best.u.copy()
-        u = best.u.copy()
-        for p, idx in planes.items():
-            u[idx] = gps[p].best_x
-        return u
+        # the best reading: a point measured as a whole, where each plane's best point
+        # was measured with the other plane elsewhere
+        return best.u.copy()

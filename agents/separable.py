@@ -28,6 +28,7 @@ from agents.objective import FLUX_FLOOR
 from agents.problem import AlignmentProblem, Evaluation
 from agents.stages import Stage
 from twin.description import BeamlineDescription, Mirror
+from twin.errors import ConfigError
 
 __all__ = ["focusing_planes", "plane_axes", "plane_loss", "nelder_mead", "SeparableSimplex",
            "SeparableAgent", "refine"]
@@ -57,14 +58,25 @@ def plane_axes(st: Stage, planes: Mapping[str, Sequence[int]]) -> dict[str, dict
     return {p: {st.motors[i].rsplit(".", 1)[1]: i for i in idx} for p, idx in planes.items()}
 
 
-def plane_loss(ev: Evaluation, diagnostic: str, plane: str) -> float:
-    """One focusing plane's loss at *diagnostic*: ``2 log W - log(T c)``, its FWHM (um) and
-    the shared flux ratio ``T`` with its constraint ``c`` (so that no plane buys a small
-    spot with lost flux); inf without beam or without a size."""
+def plane_loss(ev: Evaluation, diagnostic: str, plane: str, size: str = "fwhm") -> float:
+    """One focusing plane's loss at *diagnostic*: ``2 log W - log(T c)``, its spot size ``W``
+    (um) and the shared flux ratio ``T`` with its constraint ``c`` (so that no plane buys a
+    small spot with lost flux); inf without beam or without a FWHM.
+
+    *size* is ``"fwhm"`` (the size the success criterion judges) or ``"rms"``. The rms
+    size weighs the tails that a pitch error's coma leaves beside the focus, which the
+    FWHM hardly sees, and it averages every ray, so it is the smoother of the two to
+    model (:class:`agents.bayes.BayesOptAgent` uses it).
+    """
+    if size not in ("fwhm", "rms"):
+        raise ConfigError(f"plane size must be 'fwhm' or 'rms', got {size!r}")
     j = ev.judgement
     s = ev.observation.reading(diagnostic).stats
-    w = s.fwhm_x_um if plane == "x" else s.fwhm_y_um
-    if not (j.flux_ratio > 0 and math.isfinite(w) and w > 0):
+    fwhm = s.fwhm_x_um if plane == "x" else s.fwhm_y_um
+    w = fwhm if size == "fwhm" else (s.rms_x_um if plane == "x" else s.rms_y_um)
+    # a reading without a FWHM (a few stray rays) counts as no beam, whatever the size
+    if not (j.flux_ratio > 0 and math.isfinite(fwhm) and fwhm > 0 and math.isfinite(w)
+            and w > 0):
         return math.inf
     c = min(1.0, j.flux_ratio / FLUX_FLOOR) ** 4
     return 2.0 * math.log(w) - math.log(j.flux_ratio * c)

@@ -136,3 +136,60 @@ def test_bayesian_optimisation_that_never_sees_the_beam_returns_to_the_start(des
     u = BayesOptAgent().run(prob, np.random.default_rng(0))
     assert prob.evaluations == 30 - 1  # the whole budget searched, one kept for the finish
     np.testing.assert_array_equal(u, np.zeros(len(st.motors)))
+
+
+def test_height_for_centre_solves_a_linear_centroid_model():
+    from agents.bayes import height_for_centre
+
+    rng = np.random.default_rng(3)
+    a, b, d, e = 40.0, -25.0, 3.0, 7.0  # um per agent unit, and an offset
+    pts = rng.uniform(-0.5, 0.5, size=(6, 3))
+    readings = [(m, a * m[0] + b * m[1] + d * m[2] + e) for m in pts]
+    h = height_for_centre(readings, target_um=2.0, pitch=0.1, bend=-0.2)
+    assert a * 0.1 + b * h + d * -0.2 + e == pytest.approx(2.0, abs=1e-3)
+    # too few readings, a height that moves nothing, a target beyond the box
+    assert height_for_centre(readings[:3], 2.0, 0.1, -0.2) is None
+    flat = [(m, a * m[0] + e) for m in pts]
+    assert height_for_centre(flat, 2.0, 0.1, -0.2) is None
+    assert height_for_centre(readings, 1e6, 0.1, -0.2) == -1.0
+
+
+def test_plane_loss_and_bo_refuse_an_unknown_size(desc):
+    from agents.bayes import BayesOptAgent
+    from agents.separable import plane_loss
+    from twin.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'fwhm' or 'rms'.*'area'"):
+        plane_loss(None, "sample", "x", size="area")
+    with pytest.raises(ConfigError, match="plane_size.*'area'"):
+        BayesOptAgent(plane_size="area")
+    with pytest.raises(ConfigError, match="plane_length.*nan"):
+        BayesOptAgent(plane_length=float("nan"))
+
+
+def test_bayesian_optimisation_steers_each_height_from_its_centroid_fit(desc, fast_kb,
+                                                                         monkeypatch):
+    """After the Sobol start, each plane's GP proposes pitch and bender, and the height
+    sent is the one the centroid fit gives: the heights never come from the GP."""
+    import agents.bayes as bayes
+
+    settings, refs = fast_kb
+    st, bl, prob = _kb_problem(desc, refs, {"kb_v.pitch": -4.0, "kb_v.bend": 0.4}, budget=40)
+    given = []
+    fit = bayes.height_for_centre
+    monkeypatch.setattr(bayes, "height_for_centre",
+                        lambda *a: given.append(fit(*a)) or given[-1])
+    moves = []
+    evaluate = prob.evaluate
+    prob.evaluate = lambda u: moves.append(np.asarray(u, float).copy()) or evaluate(u)
+    bayes.BayesOptAgent().run(prob, np.random.default_rng(0))
+    heights = [st.motors.index("kb_h.height"), st.motors.index("kb_v.height")]
+    sent = {round(float(m[i]), 12) for m in moves for i in heights}
+    steered = [h for h in given if h is not None]
+    assert steered, "the height never followed the centroid fit"
+    assert {round(h, 12) for h in steered} <= sent
+    with_off = bayes.BayesOptAgent(steer_height=False)
+    given.clear()
+    st, bl, prob = _kb_problem(desc, refs, {"kb_v.pitch": -4.0, "kb_v.bend": 0.4}, budget=12)
+    with_off.run(prob, np.random.default_rng(0))
+    assert given == []  # off: the GPs search the heights themselves
