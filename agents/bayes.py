@@ -194,7 +194,7 @@ class BayesOptAgent:
         Initial trust-region half-width of the joint GP, agent units (the box is [-1, 1]).
     plane_length : float
         The same for each plane's GP, and the half-width of its Sobol start. On the kb
-        stage 0.3 took fewer evaluations than 0.2 or 0.5 (fast-twin trials, see
+        stage 0.3 took fewer evaluations than 0.2, 0.25 or 0.5 (fast-twin trials, see
         docs/agents.md).
     length_min : float
         A region smaller than this restarts (at full size for the joint GP, at a
