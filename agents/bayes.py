@@ -54,6 +54,8 @@ _EPS = 1e-3
 _HOLD_SIZE = (SIZE_STOP + SIZE_CAP) / 2
 #: readings with beam needed before a plane's height follows its centroid fit
 _MIN_CENTRE_ROWS = 4
+#: flux (relative to the reference) below which a reading's centroid is too few rays to fit
+_CENTRE_MIN_FLUX = 0.05
 
 
 def height_for_centre(readings: Sequence[tuple[np.ndarray, float]], target_um: float,
@@ -117,10 +119,6 @@ class _TrustRegionGP:
             self.best_i = len(self.Y) - 1
             return True
         return False
-
-    @property
-    def best_x(self) -> np.ndarray:
-        return self.X[self.best_i].copy()
 
     def ask(self) -> np.ndarray:
         """The next point to measure, agent coordinates."""
@@ -368,7 +366,7 @@ class BayesOptAgent:
             s = ev.observation.reading(diag).stats
             for p, axes in steered.items():
                 c = s.centroid_x_um if p == "x" else s.centroid_y_um
-                if ev.judgement.flux_ratio > 0.05 and math.isfinite(c):
+                if ev.judgement.flux_ratio > _CENTRE_MIN_FLUX and math.isfinite(c):
                     centred[p].append((ev.u[list(axes)], c))
             return {p: gps[p].add(ev.u[idx], score(ev, p)) for p, idx in searched.items()}
 
