@@ -218,7 +218,7 @@ class BayesOptAgent:
         hyperparameters. The optimiser's own time is beam time: with one GP over the
         kb stage's six motors (xrt, 10 trials, nothing else running) 3 takes 0.18 s
         per evaluation and 1 takes 0.37 s, with the same success; the two plane GPs
-        take 0.22 s with 3 (docs/agents.md).
+        (pitch and bender each) take 0.07 s with 3 (docs/agents.md).
     planes : bool
         One GP per focusing plane where the stage splits into planes (a KB pair);
         False: one GP over every motor on every stage.
