@@ -169,8 +169,8 @@ def test_plane_loss_and_bo_refuse_an_unknown_size(desc):
 
 def test_bayesian_optimisation_steers_each_height_from_its_centroid_fit(desc, fast_kb,
                                                                          monkeypatch):
-    """After the Sobol start, each plane's GP proposes pitch and bender, and the height
-    sent is the one the centroid fit gives: the heights never come from the GP."""
+    """After the Sobol start each plane's GP proposes pitch and bender, and every height the
+    centroid fit gives is the one sent; with steering off the fit is never asked."""
     import agents.bayes as bayes
 
     settings, refs = fast_kb
