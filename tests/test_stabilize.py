@@ -289,7 +289,7 @@ def test_the_benchmark_compares_every_corrector_on_held_out_schedules(desc):
     from agents.stabilize.bench import BenchSettings, bench_stabilize
 
     doc = bench_stabilize(desc, seed=1, settings=BenchSettings(
-        duration_s=15.0, train_duration_s=8.0, calibration_points=8, rl_policy=None))
+        duration_s=8.0, train_duration_s=5.0, calibration_points=6, rl_policy=None))
     c = doc["correctors"]
     assert {"none", "fb", "table", "ff_nn", "ff_gp", "ff_fb"} <= set(c)
     for m in c.values():
