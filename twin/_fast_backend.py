@@ -219,7 +219,9 @@ _RECOMPILE_LIMIT = 64
 def compiled(f: Any) -> Any:
     """*f* compiled by :func:`torch.compile` (dynamic shapes), allowed
     :data:`_RECOMPILE_LIMIT` variants; the limit is set for these calls only."""
-    c = torch.compile(f, dynamic=True)
+    # the kernels' table indices are clamped into range by construction
+    # (:func:`twin._fast_kernels._grid_index`), so the per-element bounds checks go
+    c = torch.compile(f, dynamic=True, options={"assert_indirect_indexing": False})
 
     cfg = torch._dynamo.config
 
@@ -247,8 +249,9 @@ class FastBackend:
         ``torch.float64`` (default) or ``torch.float32`` (1.3-2x faster). Ray positions
         are kept relative to the last element's design centre, and surfaces are
         evaluated in cancellation-free forms, so that float32 still resolves a 30 nm
-        focus 60 m from the source. The DCM is computed in float64 whatever the dtype:
-        its large Bragg angles would leave ~1e-7 rad of angular noise on float32 rays.
+        focus 60 m from the source. The DCM rotates no ray through its large Bragg
+        angles, which would leave ~1e-7 rad of noise on float32 directions: what is
+        large about it is per-state float64 constants (:func:`twin._fast_kernels.mono`).
     soft_edges_mm : float
         Sigmoid width of slit blades and mirror ends, mm (0: hard edges, as xrt).
     compile : bool
@@ -327,12 +330,14 @@ class FastBackend:
                 theta0 = to_internal(bragg.position, bragg.units)  # type: ignore[union-attr]
                 c["long2"] = e.fixed_exit_mm / (2.0 * math.cos(theta0)) / math.tan(theta0)
                 c["el"], c["az"] = f.el_in, f.az_in
+                c["n_in64"] = torch.as_tensor(np.asarray(f.d_in, dtype=float),
+                                              dtype=torch.float64, device=self.device)
                 c["size"] = self._t([e.width_mm / 2, e.length_mm / 2, e.length_mm])
                 if isinstance(e, CrystalMonochromator):
                     c["d_A"] = physics.crystal_d_spacing_A(e.crystal, e.temperature_K)
-                    c["kb"] = self._t(physics.HC_EV_ANGSTROM / (2.0 * c["d_A"]))
+                    c["kb"] = physics.HC_EV_ANGSTROM / (2.0 * c["d_A"])  # eV
                 else:
-                    c["kb"] = self._t(0.0)
+                    c["kb"] = 0.0
             elif isinstance(e, Aperture):
                 c["size"] = self._t([e.width_mm / 2, e.height_mm / 2, 1.0])
             elif isinstance(e, Slits):
@@ -519,26 +524,59 @@ class FastBackend:
         t = torch.stack([torch.zeros_like(perp), torch.full_like(perp, k["long2"]), -perp], -1)
         return R, c + torch.einsum("bij,bj->bi", R, t)
 
+    @staticmethod
+    def _asin_taylor(s0: torch.Tensor) -> torch.Tensor:
+        """Coefficients (..., 3) of ``asin(s0 + s) - asin(s0)`` to third order in s."""
+        c2 = 1.0 - s0 * s0
+        c = torch.sqrt(c2)
+        return torch.stack([1.0 / c, s0 / (2.0 * c2 * c), (1.0 + 2.0 * s0 * s0)
+                            / (6.0 * c2 * c2 * c)], -1)
+
+    def _mono_geometry(self, e: Element, prm: torch.Tensor, r: Rays,
+                       crystal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-state geometry (B, :data:`~twin._fast_kernels.MONO_GEO_COLS`) and energy
+        reference (5,) of :func:`twin._fast_kernels.mono`, computed in float64 and cast.
+
+        Everything large about the two reflections is folded in here, in float64: the
+        map of directions ``H2 H1 - 1`` (``H = 1 - 2 n n^T``), which nearly vanishes for
+        parallel crystals, and the axis ray's sines of incidence and Bragg deviations.
+        """
+        f64 = torch.float64
+        k = self._consts[e.name]
+        R1, _ = self._crystal_pose(e, prm.to(f64), False)  # crystal 1 sits at the origin
+        R2, c2 = self._crystal_pose(e, prm.to(f64), True)
+        n1, n2 = R1[:, :, 2], R2[:, :, 2]
+        m2 = n2 - 2.0 * (n1 * n2).sum(-1, keepdim=True) * n1  # H1 n2
+        n1n1, n2n2 = n1[:, :, None] * n1[:, None, :], n2[:, :, None] * n2[:, None, :]
+        Am = -2.0 * n1n1 - 2.0 * n2n2 + 4.0 * (n1 * n2).sum(-1)[:, None, None] \
+            * n2[:, :, None] * n1[:, None, :]
+        axis = k["n_in64"]
+        s1, s2 = -(n1 @ axis), -(m2 @ axis)
+        E0 = 0.5 * sum(self._band(r))  # any energy near the rays' will do
+        kb = k["kb"]
+        if crystal:
+            sb0 = kb / E0
+            D1, D2 = torch.asin(s1) - math.asin(sb0), torch.asin(s2) - math.asin(sb0)
+            ref = torch.cat([torch.tensor([E0, kb], dtype=f64),
+                             self._asin_taylor(torch.tensor(sb0, dtype=f64))])
+        else:
+            D1, D2 = torch.zeros_like(s1), torch.zeros_like(s2)
+            ref = torch.tensor([E0, 0.0, 0.0, 0.0, 0.0], dtype=f64)
+        geo = torch.cat([n1, R1[:, :, 0], R1[:, :, 1], n2, R2[:, :, 0], R2[:, :, 1], c2, m2,
+                         Am.reshape(-1, 9), s1[:, None], s2[:, None], D1[:, None],
+                         D2[:, None], self._asin_taylor(s1), self._asin_taylor(s2)], -1)
+        return geo.to(self.dtype), ref.to(device=self.device, dtype=self.dtype)
+
     def _mono(self, e: Element, prm: torch.Tensor, r: Rays) -> Rays:
         k = self._consts[e.name]
         crystal = isinstance(e, CrystalMonochromator)
         band = self._band(r)
         t_s, t_p = self._crystal_table(e.name, *band) if crystal else \
             self._mirror_table(e.name, *band)
-        f64 = torch.float64
-        R1, c1 = self._crystal_pose(e, prm.to(f64), False)
-        R2, c2 = self._crystal_pose(e, prm.to(f64), True)
-        # the Bragg angles are large (0.1-0.5 rad): in float32, rotating the rays into and
-        # out of the crystal frames would leave ~1e-7 rad of noise on every ray, 3 um at
-        # the sample. The kernel therefore computes in float64 whatever the dtype; the
-        # directions that come out are close to the incoming axis again, and float32
-        # stores them with no such loss.
-        # (the rays are cast inside the kernel, the constants here)
+        geo, ref = self._mono_geometry(e, prm, r, crystal)
         out = self._k["mono"](r.x, r.y, r.z, r.a, r.b, r.c, r.E, r.ih, r.iv, r.alive,
-                              self._rel(k["center64"], r, f64),
-                              *(v.to(f64) for v in (k["n_in"], R1, c1, R2, c2, k["size"],
-                                                    t_s.v, t_s.g, t_p.v, t_p.g, k["kb"])),
-                              t_s.two_d, t_p is t_s, crystal)
+                              self._rel(k["center64"], r), k["n_in"], geo, ref, k["size"],
+                              t_s.v, t_s.g, t_p.v, t_p.g, t_s.two_d, t_p is t_s, crystal)
         return r.replace(**dict(zip(("x", "y", "z", "a", "b", "c", "ih", "iv", "alive"), out,
                                     strict=True)), origin=k["center64"])
 

@@ -56,12 +56,22 @@ def _to_plane_through_origin(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tens
     return x + t * a, y + t * b, z + t * c
 
 
+def _grid_index(a: Tensor, a0: Tensor, da: Tensor, last: Tensor) -> Tensor:
+    """Fractional index of *a* on the grid ``a0 + k da``, clamped to ``[0, last]``; NaN
+    goes to 0. Every index that the lookups derive from it is therefore in bounds, which
+    lets compiled kernels skip their per-element bounds checks (see
+    ``twin._fast_backend.compiled``). ``where(f > 0, ...)`` sends NaN and negatives to 0 in
+    one vectorised select, where ``nan_to_num`` compiles to a scalar loop on the CPU."""
+    f = (a - a0) / da
+    return torch.where(f > 0, f, 0.0).minimum(last)
+
+
 def lerp1(v: Tensor, g: Tensor, a: Tensor) -> Tensor:
     """Linear interpolation of values *v* on a regular grid ``g = (a0, da, n - 1, n - 2)``
     at *a*; clamped to the grid, differentiable in *a*."""
-    fa = torch.nan_to_num((a - g[0]) / g[1]).clamp(min=0.0).minimum(g[2])
+    fa = _grid_index(a, g[0], g[1], g[2])
     ia = fa.detach().floor().minimum(g[3])
-    i = ia.long()
+    i = ia.int()
     v0 = v[i]
     return v0 + (v[i + 1] - v0) * (fa - ia)
 
@@ -69,14 +79,14 @@ def lerp1(v: Tensor, g: Tensor, a: Tensor) -> Tensor:
 def lerp2(v: Tensor, g: Tensor, E: Tensor, a: Tensor) -> Tensor:
     """Bilinear interpolation of row-major values *v* on a regular (energy, angle) grid
     ``g = (e0, de, ne - 1, max(ne - 2, 0), a0, da, na - 1, na - 2, na)``."""
-    fe = torch.nan_to_num((E - g[0]) / g[1]).clamp(min=0.0).minimum(g[2])
-    fa = torch.nan_to_num((a - g[4]) / g[5]).clamp(min=0.0).minimum(g[6])
+    fe = _grid_index(E, g[0], g[1], g[2])
+    fa = _grid_index(a, g[4], g[5], g[6])
     ie = fe.detach().floor().minimum(g[3])
     ia = fa.detach().floor().minimum(g[7])
     te, ta = (fe - ie).clamp(0.0, 1.0), (fa - ia).clamp(0.0, 1.0)
     ie1 = (ie + 1).minimum(g[2])
-    row0, row1 = (ie * g[8]).long(), (ie1 * g[8]).long()
-    j = ia.long()
+    row0, row1 = (ie * g[8]).int(), (ie1 * g[8]).int()
+    j = ia.int()
     top = v[row0 + j] * (1 - ta) + v[row0 + j + 1] * ta
     bot = v[row1 + j] * (1 - ta) + v[row1 + j + 1] * ta
     return top * (1 - te) + bot * te
@@ -234,8 +244,10 @@ def mirror(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, E: 
     sin_g = (-dn).clamp(min=0.0, max=1.0 - 1e-12)  # the tables run in sin(grazing angle)
     r_h = _reflectivity(tab_h, g_h, E, sin_g, two_d)
     r_v = r_h if same_hv else _reflectivity(tab_v, g_v, E, sin_g, two_d)
-    ih = torch.where(hit, ih * r_h, 0.0)
-    iv = torch.where(hit, iv * r_v, 0.0)
+    # no mask here: a dead ray's intensity is never read (every reading weighs by alive),
+    # and compiled for the CPU, the mask would cross from the geometry loop to the
+    # table-lookup loop as a boolean array, stored and read back byte by byte
+    ih, iv = ih * r_h, iv * r_v
     gx, gy, gz = _to_global(qx, qy, qz, R)
     a, b, c = _to_global(ox, oy, oz, R)
     return (gx + cpos[:, 0:1], gy + cpos[:, 1:2], gz + cpos[:, 2:3], a, b, c, ih, iv,
@@ -243,62 +255,96 @@ def mirror(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, E: 
 
 
 # --------------------------------------------------------------------------- DCM
+#: columns of the per-state DCM geometry that :func:`mono` takes (built by
+#: ``FastBackend._mono_geometry``): the crystals' normals ``n1, n2`` and in-plane axes
+#: ``u`` (across) and ``v`` (along), crystal 2's centre ``c2``, crystal 2's normal seen
+#: from the incoming rays ``m2``, the two reflections' direction map minus one ``Am``
+#: (3 x 3, row-major), the axis ray's sines of incidence ``s`` and Bragg deviations
+#: ``D``, and the arcsine's Taylor coefficients ``k`` about each of those sines
+MONO_GEO_COLS = 43
+_N1, _U1, _V1, _N2, _U2, _V2, _C2, _M2, _AM = 0, 3, 6, 9, 12, 15, 18, 21, 24
+_S1, _S2, _D1, _D2, _K1, _K2 = 33, 34, 35, 36, 37, 40
+
+
+def _dot(g: Tensor, i: int, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
+    """Per-state vector ``g[:, i:i + 3]`` dotted with the rays' components."""
+    return x * g[:, i:i + 1] + y * g[:, i + 1:i + 2] + z * g[:, i + 2:i + 3]
+
+
+def _asin_step(s: Tensor, g: Tensor, i: int) -> Tensor:
+    """``asin(s0 + s) - asin(s0)`` for a small *s*: its Taylor series to third order with
+    per-state coefficients ``g[:, i:i + 3]`` (2e-10 rad at s = 1e-3)."""
+    return s * (g[:, i:i + 1] + s * (g[:, i + 1:i + 2] + s * g[:, i + 2:i + 3]))
+
+
 def mono(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, E: Tensor,
-         ih: Tensor, iv: Tensor, alive: Tensor, shift: Tensor, n_in: Tensor, R1: Tensor,
-         c1: Tensor, R2: Tensor, c2: Tensor, size: Tensor, tab_s: Tensor, g_s: Tensor,
-         tab_p: Tensor, g_p: Tensor, kb: Tensor, two_d: bool, same_sp: bool,
-         crystal: bool) -> tuple[Tensor, ...]:
+         ih: Tensor, iv: Tensor, alive: Tensor, shift: Tensor, n_in: Tensor, geo: Tensor,
+         ref: Tensor, size: Tensor, tab_s: Tensor, g_s: Tensor, tab_p: Tensor, g_p: Tensor,
+         two_d: bool, same_sp: bool, crystal: bool) -> tuple[Tensor, ...]:
     """The two flat reflectors of a double-crystal (or double-multilayer) monochromator.
 
-    Poses ``(R1, c1)`` and ``(R2, c2)`` as xrt composes them; *size* is (half width,
-    half length of crystal 1, half length of crystal 2), mm. For crystals the tables
-    hold the intrinsic Bragg curve against the deviation from the kinematic angle
-    ``asin(kb / E)`` (``kb = hc / 2d``, eV); for multilayers, against the sine of the
-    grazing angle.
+    *geo* (B, 43) is the crystals' geometry in the frame of the rays (columns in
+    :data:`MONO_GEO`, crystal 1 centred at the origin); *size* is (half width, half
+    length of crystal 1, half length of crystal 2), mm. For crystals the tables hold the
+    intrinsic Bragg curve against the deviation from the kinematic angle ``asin(kb / E)``
+    and *ref* is ``(E0, kb, c1, c2, c3)``: a reference energy (eV), ``hc / 2d`` (eV) and
+    the arcsine's Taylor coefficients about ``kb / E0``. For multilayers the tables run
+    against the sine of the grazing angle.
 
-    The arithmetic is float64 whatever the rays' dtype (see ``FastBackend._mono``); the
-    rays are cast on the way in and back on the way out here, inside the kernel, where
-    compilation fuses the casts into its loops instead of copying every ray array twice.
+    The Bragg angles are large (0.1-0.5 rad), and rotating the rays into the crystals'
+    frames and back would leave ~1e-7 rad of rounding on every float32 direction (3 um
+    at the sample). Nothing here rotates a ray. The outgoing direction is the incoming
+    one plus ``Am d``, the two reflections' map minus one, which is small for a pair
+    of nearly parallel crystals; each sine of incidence is the axis ray's (per state,
+    from float64) plus a small term linear in the ray's deviation from the axis; the
+    Bragg deviation is the axis ray's plus the arcsine's steps for that term and for the
+    energy. Every large quantity is a per-state constant, and every per-ray quantity is
+    small, so float32 keeps its relative precision.
     """
-    dtype = x.dtype
-    x, y, z, a, b, c, E, ih, iv, alive = (v.to(torch.float64) for v in
-                                          (x, y, z, a, b, c, E, ih, iv, alive))
-    if crystal:  # sine and cosine of the kinematic Bragg angle of each ray
-        s_b = (kb / E).clamp(max=1.0 - 1e-12)
-        c_b = torch.sqrt(1.0 - s_b * s_b)
+    g = geo
     x, y, z = _to_plane_through_origin(x - shift[0], y - shift[1], z - shift[2], a, b, c, n_in)
-    for second in (False, True):
-        R, cc = (R2, c2) if second else (R1, c1)
-        px, py, pz = _to_local(x - cc[:, 0:1], y - cc[:, 1:2], z - cc[:, 2:3], R)
-        dx, dy, dz = _to_local(a, b, c, R)
-        t = -pz / dz
-        qx, qy, qz = px + t * dx, py + t * dy, pz + t * dz
-        # crystal 1 is met from the plane through its centre (t may be < 0); crystal 2
-        # lies downstream of crystal 1
-        hit = ((qx.abs() <= size[0]) & (qy.abs() <= (size[2] if second else size[1]))
-               & torch.isfinite(qx) & torch.isfinite(qy) & torch.isfinite(qz))
-        if second:
-            hit = hit & (t > 0)
-        qx, qy, qz = (torch.where(hit, qx, 0.0), torch.where(hit, qy, 0.0),
-                      torch.where(hit, qz, 0.0))
-        s = (-dz).clamp(min=0.0, max=1.0 - 1e-12)
-        if crystal:
-            # the deviation from the Bragg angle, asin(s) - asin(s_b), without an arcsine:
-            # sin(dev) is small, and asin(u) = u + u^3 / 6 to 1e-17 rad over the table
-            u = s * c_b - torch.sqrt(1.0 - s * s) * s_b
-            dev = u + u * u * u / 6.0
-        else:  # multilayer tables run in sin(grazing angle)
-            dev = s
-        rs = _reflectivity(tab_s, g_s, E, dev, two_d)
-        rp = rs if same_sp else _reflectivity(tab_p, g_p, E, dev, two_d)
-        # vertical diffraction: the horizontal polarisation is sigma
-        ih = torch.where(hit, ih * rs, 0.0)
-        iv = torch.where(hit, iv * rp, 0.0)
-        gx, gy, gz = _to_global(qx, qy, qz, R)
-        x, y, z = gx + cc[:, 0:1], gy + cc[:, 1:2], gz + cc[:, 2:3]
-        a, b, c = _to_global(dx, dy, -dz, R)
-        alive = alive * hit.to(alive.dtype)
-    return tuple(v.to(dtype) for v in (x, y, z, a, b, c, ih, iv, alive))
+    # the rays' deviation from the axis, its component along the axis without cancellation
+    ea, ec = a - n_in[0], c - n_in[2]
+    eb = -(ea * (a + n_in[0]) + ec * (c + n_in[2])) / (b + n_in[1])
+    sig1 = -_dot(g, _N1, ea, eb, ec)
+    sig2 = -_dot(g, _M2, ea, eb, ec)  # crystal 2's normal seen by the incoming rays
+    s1, s2 = g[:, _S1:_S1 + 1] + sig1, g[:, _S2:_S2 + 1] + sig2
+    # crystal 1, met from the plane through its centre (the path may be < 0)
+    t1 = _dot(g, _N1, x, y, z) / s1
+    x, y, z = x + t1 * a, y + t1 * b, z + t1 * c
+    hu, hv = _dot(g, _U1, x, y, z), _dot(g, _V1, x, y, z)
+    hit = (hu.abs() <= size[0]) & (hv.abs() <= size[1]) & torch.isfinite(hu) \
+        & torch.isfinite(hv)
+    # after crystal 1: d1 = d - 2 (n1 . d) n1 = d + 2 s1 n1 (only carries the positions)
+    a1, b1, c1 = (a + 2 * s1 * g[:, _N1:_N1 + 1], b + 2 * s1 * g[:, _N1 + 1:_N1 + 2],
+                  c + 2 * s1 * g[:, _N1 + 2:_N1 + 3])
+    # crystal 2, downstream of crystal 1: n2 . d1 = -s2
+    cx, cy, cz = g[:, _C2:_C2 + 1], g[:, _C2 + 1:_C2 + 2], g[:, _C2 + 2:_C2 + 3]
+    rx, ry, rz = x - cx, y - cy, z - cz
+    t2 = _dot(g, _N2, rx, ry, rz) / s2
+    rx, ry, rz = rx + t2 * a1, ry + t2 * b1, rz + t2 * c1
+    hu, hv = _dot(g, _U2, rx, ry, rz), _dot(g, _V2, rx, ry, rz)
+    hit = hit & (hu.abs() <= size[0]) & (hv.abs() <= size[2]) & (t2 > 0) \
+        & torch.isfinite(hu) & torch.isfinite(hv)
+    if crystal:  # deviations from the kinematic Bragg angle of each ray's energy
+        beta = ref[1] * (ref[0] - E) / (E * ref[0])  # kb / E - kb / E0
+        db = beta * (ref[2] + beta * (ref[3] + beta * ref[4]))
+        dev1 = g[:, _D1:_D1 + 1] + _asin_step(sig1, g, _K1) - db
+        dev2 = g[:, _D2:_D2 + 1] + _asin_step(sig2, g, _K2) - db
+    else:  # multilayer tables run in sin(grazing angle)
+        dev1, dev2 = s1, s2
+    rs = _reflectivity(tab_s, g_s, E, dev1, two_d) * _reflectivity(tab_s, g_s, E, dev2, two_d)
+    rp = rs if same_sp else (_reflectivity(tab_p, g_p, E, dev1, two_d)
+                             * _reflectivity(tab_p, g_p, E, dev2, two_d))
+    # vertical diffraction: the horizontal polarisation is sigma
+    ih, iv = ih * rs, iv * rp  # no mask: see mirror()
+    x, y, z = (torch.where(hit, rx + cx, 0.0), torch.where(hit, ry + cy, 0.0),
+               torch.where(hit, rz + cz, 0.0))
+    # the outgoing direction d + Am d: the large parts of the two reflections cancel
+    # in float64, before any ray is touched
+    a, b, c = (a + _dot(g, _AM, a, b, c), b + _dot(g, _AM + 3, a, b, c),
+               c + _dot(g, _AM + 6, a, b, c))
+    return x, y, z, a, b, c, ih, iv, alive * hit.to(alive.dtype)
 
 
 # --------------------------------------------------------------------------- observers
