@@ -293,6 +293,10 @@ class FastBackend:
         self._sources: dict[tuple, dict[str, torch.Tensor]] = {}
         self._consts = self._constants()
         self._run_band = (desc.energy_eV - 10.0, desc.energy_eV + 10.0)
+        kinds = [_kind(e) for e in desc.elements]
+        #: per element: does a slit, mirror or monochromator follow it?
+        self._optics_after = [any(k in ("slits", "offset", "mirror", "mono")
+                                  for k in kinds[i + 1:]) for i in range(len(kinds))]
         self.stats = {"source_builds": 0, "states_traced": 0}
 
     def kernel(self, name: str) -> Any:
@@ -392,8 +396,11 @@ class FastBackend:
     # ------------------------------------------------------------------ sources
     def _source(self, prm: torch.Tensor, rays: int, seed: int) -> Rays:
         B = prm.shape[0]
+        ge = prm[:, :2].detach()
+        if B > 1 and bool(((ge == ge[:1]) | (ge.isnan() & ge[:1].isnan())).all()):
+            ge = ge[:1]  # one source for the batch: one key, not B of them
         keys = [(None if math.isnan(g) else round(g, 9), round(en, 9))
-                for g, en in prm[:, :2].detach().cpu().tolist()]
+                for g, en in ge.cpu().tolist()]
         cols = []
         for gap, energy in keys:
             k = (gap, energy, rays, seed)
@@ -490,8 +497,16 @@ class FastBackend:
                                     strict=True)), origin=center)
 
     @staticmethod
-    def _compact(r: Rays) -> Rays:
-        """Drop the rays that are dead in every state of the batch (exact: they carry 0)."""
+    def _compact(r: Rays, optics_after: bool = True) -> Rays:
+        """Drop the rays that are dead in every state of the batch (exact: they carry 0).
+
+        Only where a slit, mirror or monochromator follows (*optics_after*): the copy
+        costs about as much as one element's kernel, and observation points alone read
+        the rays too cheaply to pay it back (measured: 10 ms to drop 23 % of 1,024 x
+        1,000 rays after the last KB mirror, against 3 ms for the two points behind it).
+        """
+        if not optics_after:
+            return r
         # the weights are >= 0: a column's maximum is one pass, where (alive > eps).any(0)
         # makes a boolean copy of the batch first (10x slower at 1,024 x 1,000)
         keep = r.alive.detach().amax(0) > 1e-12
@@ -599,7 +614,8 @@ class FastBackend:
         B = next(iter(params.values())).shape[0]
         # while every state so far has the same settings, trace one and share it
         shared = B > 1
-        for e in self.desc.elements:
+        optics_after = self._optics_after
+        for i, e in enumerate(self.desc.elements):
             prm = params[e.name]
             kind = _kind(e)
             if shared and not bool((prm == prm[:1]).all()) or prm.requires_grad:
@@ -616,11 +632,12 @@ class FastBackend:
             elif r is None:  # pragma: no cover - validation puts the source first
                 raise BackendError("no source upstream")
             elif kind in ("slits", "offset"):
-                r = self._compact(self._slits(e, prm, r))
+                r = self._compact(self._slits(e, prm, r), optics_after[i])
             elif kind == "mirror":
-                r = self._compact(self._mirror(e, prm, r))  # type: ignore[arg-type]
+                r = self._compact(self._mirror(e, prm, r),  # type: ignore[arg-type]
+                                  optics_after[i])
             elif kind == "mono":
-                r = self._compact(self._mono(e, prm, r))
+                r = self._compact(self._mono(e, prm, r), optics_after[i])
             else:
                 hits[e.name] = self._observe(e, prm, r)
         for name, h in hits.items():
