@@ -85,7 +85,10 @@ def test_float32_matches_float64_through_the_dcm(desc, preset):
             continue
         for ax in ("x", "y"):
             size = ref[f"fwhm_{ax}_um"][lit]
-            np.testing.assert_allclose(got[f"fwhm_{ax}_um"][lit], size, rtol=0.03,
+            np.testing.assert_allclose(got[f"rms_{ax}_um"][lit], ref[f"rms_{ax}_um"][lit],
+                                       rtol=1e-2, err_msg=name)
+            # the FWHM of a ragged profile is ill-conditioned: the cross-check's tolerance
+            np.testing.assert_allclose(got[f"fwhm_{ax}_um"][lit], size, rtol=0.10,
                                        err_msg=name)
             off = np.abs(got[f"centroid_{ax}_um"][lit] - ref[f"centroid_{ax}_um"][lit])
             assert (off <= 1e-3 * size + 0.005).all(), (name, ax, off.max())

@@ -415,7 +415,7 @@ class FastBackend:
         else:
             src = {n: torch.stack([c[n] for c in cols]) for n in cols[0]}
         x, y, z, a, b, c = self._k["source"](src["x"], src["y"], src["z"], src["a"], src["b"],
-                                             src["c"], prm)
+                                             src["c"], prm.to(self.dtype))
         w0 = src["w0"].reshape(-1, 1)[:, :1].expand(B, 1) if src["w0"].dim() \
             else src["w0"].expand(B, 1)
         # energies and intensities stay (1, N) while every state shares them
@@ -625,11 +625,14 @@ class FastBackend:
             if shared:
                 prm = prm[:1]
             if kind == "source":
+                # its gap and energy pick the cached source: they are not cast
                 r = self._source(prm, rays, seed)
                 E = r.E.detach()
                 self._run_band = (10.0 * math.floor(float(E.min()) / 10.0 - 0.1),
                                   10.0 * math.ceil(float(E.max()) / 10.0 + 0.1))
-            elif r is None:  # pragma: no cover - validation puts the source first
+                continue
+            prm64, prm = prm, prm.to(self.dtype)  # FastTwin's parameters are float64
+            if r is None:  # pragma: no cover - validation puts the source first
                 raise BackendError("no source upstream")
             elif kind in ("slits", "offset"):
                 r = self._compact(self._slits(e, prm, r), optics_after[i])
@@ -637,7 +640,8 @@ class FastBackend:
                 r = self._compact(self._mirror(e, prm, r),  # type: ignore[arg-type]
                                   optics_after[i])
             elif kind == "mono":
-                r = self._compact(self._mono(e, prm, r), optics_after[i])
+                # its geometry is composed in float64 from the parameters as given
+                r = self._compact(self._mono(e, prm64, r), optics_after[i])
             else:
                 hits[e.name] = self._observe(e, prm, r)
         for name, h in hits.items():
@@ -656,7 +660,8 @@ class FastBackend:
         """The :class:`twin.tracer.Twin` interface: one state, numpy hits."""
         from twin._xrt_backend import RayHits
 
-        params = params_from_settings(self.desc, [settings], self.dtype, self.device)
+        # float64 parameters, as FastTwin's: run() casts them, the source's key aside
+        params = params_from_settings(self.desc, [settings], torch.float64, self.device)
         with torch.no_grad():
             hits = self.run(params, rays, seed)
         return {n: RayHits(h.x_um[0].cpu().numpy(), h.y_um[0].cpu().numpy(),

@@ -208,8 +208,12 @@ class FastTwin:
     device : str, optional
         ``"cpu"`` or ``"cuda"`` (default: CUDA when available).
     dtype : torch.dtype
-        ``torch.float64`` (default) or ``torch.float32`` (1.3-2x faster, as accurate
-        against xrt: see :class:`twin._fast_backend.FastBackend`).
+        Of the rays: ``torch.float64`` (default) or ``torch.float32`` (faster, as
+        accurate against xrt: see :class:`twin._fast_backend.FastBackend`). Motor
+        positions and hidden errors are float64 whatever the rays' dtype
+        (:attr:`param_dtype`): a gap or Bragg angle rounded to float32 would make the
+        twin re-sample its source at another gap or energy than xrt's, a different
+        Monte-Carlo draw of the same source.
     soft_edges_mm : float
         Sigmoid width of slit blades and mirror ends, mm (0: hard edges, as xrt).
         A few um let gradients flow through slit positions; calibration uses it.
@@ -240,15 +244,19 @@ class FastTwin:
         self.motor_names = list(desc.motors)
         self._index = {n: i for i, n in enumerate(self.motor_names)}
         specs = desc.motors
+        #: dtype of motor positions, hidden errors and element parameters (the backend
+        #: casts each element's parameters to the rays' dtype, the source's key aside)
+        self.param_dtype = torch.float64
         self._factor = torch.tensor([UNITS[specs[n].units] for n in self.motor_names],
-                                    dtype=dtype, device=self.device)
-        self._design = torch.tensor([specs[n].position for n in self.motor_names], dtype=dtype,
-                                    device=self.device)
+                                    dtype=self.param_dtype, device=self.device)
+        self._design = torch.tensor([specs[n].position for n in self.motor_names],
+                                    dtype=self.param_dtype, device=self.device)
         self.nominal_mA = nominal_current_mA(desc)
 
     # ------------------------------------------------------------------ inputs
     def positions(self, batch: Sequence[Mapping[str, float]]) -> torch.Tensor:
-        """``(B, M)`` tensor of motor positions (motor units) from dicts; validated."""
+        """``(B, M)`` float64 tensor of motor positions (motor units) from dicts;
+        validated."""
         rows = []
         for pos in batch:
             checked = validate_positions(self.desc, pos)
@@ -259,15 +267,16 @@ class FastTwin:
         return torch.stack(rows)
 
     def hidden(self, batch: Sequence[HiddenErrors]) -> torch.Tensor:
-        """``(B, M)`` tensor of hidden offsets (motor units)."""
+        """``(B, M)`` float64 tensor of hidden offsets (motor units)."""
         return torch.tensor([[h.offset(n) for n in self.motor_names] for h in batch],
-                            dtype=self.dtype, device=self.device)
+                            dtype=self.param_dtype, device=self.device)
 
     # ------------------------------------------------------------------ physics
     def _params(self, phys: torch.Tensor) -> dict[str, torch.Tensor]:
         """Element parameter tensors from physical positions (B, M) in internal units."""
         B = phys.shape[0]
-        zero = torch.zeros(B, dtype=self.dtype, device=self.device)
+        phys = phys.to(self.param_dtype)
+        zero = torch.zeros(B, dtype=self.param_dtype, device=self.device)
 
         def ax(e_name: str, axis: str, default: torch.Tensor | float = 0.0) -> torch.Tensor:
             key = f"{e_name}.{axis}"
