@@ -246,7 +246,7 @@ class FastBackend:
     device : str or torch.device, optional
         Default: CUDA when available, else the CPU.
     dtype : torch.dtype
-        ``torch.float64`` (default) or ``torch.float32`` (1.3-2x faster). Ray positions
+        ``torch.float64`` (default) or ``torch.float32`` (~3x faster compiled). Ray positions
         are kept relative to the last element's design centre, and surfaces are
         evaluated in cancellation-free forms, so that float32 still resolves a 30 nm
         focus 60 m from the source. The DCM rotates no ray through its large Bragg
