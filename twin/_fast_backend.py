@@ -396,24 +396,26 @@ class FastBackend:
     # ------------------------------------------------------------------ sources
     def _source(self, prm: torch.Tensor, rays: int, seed: int) -> Rays:
         B = prm.shape[0]
-        ge = prm[:, :2].detach()
-        if B > 1 and bool(((ge == ge[:1]) | (ge.isnan() & ge[:1].isnan())).all()):
-            ge = ge[:1]  # one source for the batch: one key, not B of them
-        keys = [(None if math.isnan(g) else round(g, 9), round(en, 9))
-                for g, en in ge.cpu().tolist()]
+        ge = prm[:, :2].detach().cpu()
+        # the distinct (gap, energy) pairs of the batch, and each state's: a loop over
+        # sources, not states (a Gaussian source has no gap: NaN, the same for every state)
+        ge = torch.nan_to_num(ge, nan=-1.0)
+        uniq, which = (ge[:1], torch.zeros(B, dtype=torch.long)) if B == 1 or bool(
+            (ge == ge[:1]).all()) else torch.unique(ge, dim=0, return_inverse=True)
         cols = []
-        for gap, energy in keys:
-            k = (gap, energy, rays, seed)
+        for g, en in uniq.tolist():
+            k = (None if g < 0 else round(g, 9), round(en, 9), rays, seed)
             if k not in self._sources:
-                raw = self.ref.source_rays(SourceSettings(gap, energy, _NO_PERTURBATION), rays,
-                                           seed)
+                raw = self.ref.source_rays(SourceSettings(k[0], k[1], _NO_PERTURBATION),
+                                           rays, seed)
                 self._sources[k] = {n: self._t(v) for n, v in raw.items()}
                 self.stats["source_builds"] += 1
             cols.append(self._sources[k])
-        if len({id(c) for c in cols}) == 1:
+        if len(cols) == 1:
             src = {n: v.unsqueeze(0) if v.dim() else v for n, v in cols[0].items()}
         else:
-            src = {n: torch.stack([c[n] for c in cols]) for n in cols[0]}
+            idx = which.to(self.device)
+            src = {n: torch.stack([c[n] for c in cols]).index_select(0, idx) for n in cols[0]}
         x, y, z, a, b, c = self._k["source"](src["x"], src["y"], src["z"], src["a"], src["b"],
                                              src["c"], prm.to(self.dtype))
         w0 = src["w0"].reshape(-1, 1)[:, :1].expand(B, 1) if src["w0"].dim() \
