@@ -58,7 +58,7 @@ def _plot(rows: list[dict], rays: int, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     for label, _, _ in CONFIGS:
         sel = [r for r in rows if r["config"] == label]
         ax.loglog([r["batch"] for r in sel], [r["states_per_s"] for r in sel], "o-",
@@ -73,7 +73,7 @@ def _plot(rows: list[dict], rays: int, path: Path) -> None:
               color="0.6", lw=3, alpha=0.5, label="100x xrt (goal)")
     ax.set(xlabel="batch size (beamline states)", ylabel="states per second",
            title=f"{rays} rays per state, 2-core CPU")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the curves
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
