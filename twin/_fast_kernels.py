@@ -273,7 +273,8 @@ def _dot(g: Tensor, i: int, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
 
 def _asin_step(s: Tensor, g: Tensor, i: int) -> Tensor:
     """``asin(s0 + s) - asin(s0)`` for a small *s*: its Taylor series to third order with
-    per-state coefficients ``g[:, i:i + 3]`` (2e-10 rad at s = 1e-3)."""
+    per-state coefficients ``g[:, i:i + 3]``. The first term left out is about
+    0.1 s^4 at Bragg angles of 0.1-0.5 rad: 1e-13 rad at s = 1e-3."""
     return s * (g[:, i:i + 1] + s * (g[:, i + 1:i + 2] + s * g[:, i + 2:i + 3]))
 
 
@@ -283,8 +284,8 @@ def mono(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, E: Te
          two_d: bool, same_sp: bool, crystal: bool) -> tuple[Tensor, ...]:
     """The two flat reflectors of a double-crystal (or double-multilayer) monochromator.
 
-    *geo* (B, 43) is the crystals' geometry in the frame of the rays (columns in
-    :data:`MONO_GEO`, crystal 1 centred at the origin); *size* is (half width, half
+    *geo* (B, :data:`MONO_GEO_COLS`) is the crystals' geometry in the frame of the rays
+    (the columns listed above it; crystal 1 centred at the origin); *size* is (half width, half
     length of crystal 1, half length of crystal 2), mm. For crystals the tables hold the
     intrinsic Bragg curve against the deviation from the kinematic angle ``asin(kb / E)``
     and *ref* is ``(E0, kb, c1, c2, c3)``: a reference energy (eV), ``hc / 2d`` (eV) and
