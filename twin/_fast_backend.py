@@ -551,7 +551,7 @@ class FastBackend:
 
     def _mono_geometry(self, e: Element, prm: torch.Tensor, r: Rays,
                        crystal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-state geometry (B, :data:`~twin._fast_kernels.MONO_GEO_COLS`) and energy
+        """Per-state geometry (B, 43) and energy
         reference (5,) of :func:`twin._fast_kernels.mono`, computed in float64 and cast.
 
         Everything large about the two reflections is folded in here, in float64: the

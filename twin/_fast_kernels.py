@@ -260,8 +260,7 @@ def mirror(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, E: 
 #: ``u`` (across) and ``v`` (along), crystal 2's centre ``c2``, crystal 2's normal seen
 #: from the incoming rays ``m2``, the two reflections' direction map minus one ``Am``
 #: (3 x 3, row-major), the axis ray's sines of incidence ``s`` and Bragg deviations
-#: ``D``, and the arcsine's Taylor coefficients ``k`` about each of those sines
-MONO_GEO_COLS = 43
+#: ``D``, and the arcsine's Taylor coefficients ``k`` about each of those sines: 43 in all
 _N1, _U1, _V1, _N2, _U2, _V2, _C2, _M2, _AM = 0, 3, 6, 9, 12, 15, 18, 21, 24
 _S1, _S2, _D1, _D2, _K1, _K2 = 33, 34, 35, 36, 37, 40
 
@@ -284,7 +283,7 @@ def mono(x: Tensor, y: Tensor, z: Tensor, a: Tensor, b: Tensor, c: Tensor, E: Te
          two_d: bool, same_sp: bool, crystal: bool) -> tuple[Tensor, ...]:
     """The two flat reflectors of a double-crystal (or double-multilayer) monochromator.
 
-    *geo* (B, :data:`MONO_GEO_COLS`) is the crystals' geometry in the frame of the rays
+    *geo* (B, 43) is the crystals' geometry in the frame of the rays
     (the columns listed above it; crystal 1 centred at the origin); *size* is (half width, half
     length of crystal 1, half length of crystal 2), mm. For crystals the tables hold the
     intrinsic Bragg curve against the deviation from the kinematic angle ``asin(kb / E)``
