@@ -526,8 +526,8 @@ class AlignVecEnv(gym.vector.VectorEnv):
                                                          self.num_envs)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space,
                                                               self.num_envs)
-        self._hidden = torch.zeros(self.num_envs, len(names), dtype=self.ft.dtype)
-        self._source = torch.zeros(self.num_envs, len(SOURCE_FIELDS), dtype=self.ft.dtype)
+        self._hidden = torch.zeros(self.num_envs, len(names), dtype=self.ft.param_dtype)
+        self._source = torch.zeros(self.num_envs, len(SOURCE_FIELDS), dtype=self.ft.param_dtype)
         self._source[:, 4:] = 1.0
         self._variant = np.zeros(self.num_envs, dtype=int)
         self._u = np.zeros((self.num_envs, d))
@@ -542,7 +542,7 @@ class AlignVecEnv(gym.vector.VectorEnv):
         cfg = self.config
         ft = fast_twin(desc, rays=cfg.rays)
         design = desc.design_positions()
-        design_t = torch.tensor([design[n] for n in ft.motor_names], dtype=ft.dtype)
+        design_t = torch.tensor([design[n] for n in ft.motor_names], dtype=ft.param_dtype)
         span = default_span(desc, self.stage, cfg.span_sigmas)
         span_a = np.array([span[m] for m in self.stage.motors])
         x0 = np.array([design[m] for m in self.stage.motors])
@@ -588,7 +588,7 @@ class AlignVecEnv(gym.vector.VectorEnv):
                 continue
             x = v.to_x(self._u[sel])
             pos = v.design.repeat(sel.size, 1)
-            pos[:, self._cols] = torch.as_tensor(x, dtype=self.ft.dtype)
+            pos[:, self._cols] = torch.as_tensor(x, dtype=self.ft.param_dtype)
             src = self._source[sel] if self.config.p_source > 0 else None
             with torch.no_grad():
                 every = v.ft.to_numpy(v.ft.observe(pos, self._hidden[sel], source=src))

@@ -425,12 +425,10 @@ class FastBackend:
                     alive=torch.ones_like(x), w0=w0)
 
     # ------------------------------------------------------------------ elements
-    def _rel(self, point64: np.ndarray, r: Rays,
-             dtype: torch.dtype | None = None) -> torch.Tensor:
-        """A float64 global point relative to the rays' origin, in *dtype* (default: the
-        working dtype)."""
+    def _rel(self, point64: np.ndarray, r: Rays) -> torch.Tensor:
+        """A float64 global point relative to the rays' origin, in the rays' dtype."""
         return torch.as_tensor(np.asarray(point64, dtype=float) - r.origin,
-                               dtype=dtype or self.dtype, device=self.device)
+                               dtype=self.dtype, device=self.device)
 
     def _slits(self, e: Element, prm: torch.Tensor, r: Rays) -> Rays:
         k = self._consts[e.name]
