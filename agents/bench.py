@@ -25,6 +25,7 @@ from agents.harness import (
 from agents.objective import FLUX_FLOOR, SIZE_CAP
 from agents.registry import make_agent
 from agents.stages import stage, stages
+from agents.verdict import OnFail, beam_meets, run_verdict
 from twin.description import BeamlineDescription
 from twin.errors import ConfigError
 from twin.hidden import HiddenErrors
@@ -87,18 +88,23 @@ def bench_align(desc: BeamlineDescription, agent_names: Sequence[str], stage_nam
 
 def one_click_align(desc: BeamlineDescription, *, agent_name: str | None,
                     stage_names: Sequence[str] | None, seed: int, settings: BenchSettings,
-                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    progress: Callable[[str], None] | None = None,
+                    on_fail: OnFail = "best") -> dict[str, Any]:
     """Progressive alignment of a misaligned simulated beamline; the ``align --json`` doc.
 
     Hidden errors sit on every motor (drawn at ``settings.misalign`` from *seed*),
-    also on those no stage aligns; the final beam is compared with the ideal one.
+    also on those no stage aligns. The final true beam at the sample is judged
+    against the ideal beamline traced with the same source rays
+    (:meth:`agents.harness.References.of` with the hidden errors), and the run's
+    verdict is :func:`agents.verdict.run_verdict`: ``success``, ``exit_status`` and
+    the exit code of ``beamtwin align`` all read it.
     """
     from agents.registry import DEFAULT_AGENT, agent_for_stage
 
     name = agent_name or DEFAULT_AGENT
     make_agent(name)
-    refs = References.of(desc, settings, seed)  # the ideal beamline with the same rays
     hidden = HiddenErrors.draw(desc, settings.misalign, seed)
+    refs = References.of(desc, settings, seed, hidden)  # the ideal beamline, same rays
     bl = TwinBeamline(desc, hidden=hidden, seed=seed, backend=settings.backend,
                       rays=settings.rays, noise=settings.noise,
                       disturbances=settings.disturbances)
@@ -106,27 +112,30 @@ def one_click_align(desc: BeamlineDescription, *, agent_name: str | None,
     sample = kb.diagnostic if kb is not None else desc.detector.name
     before = bl.ground_truth().reading(sample).stats
     doc = align(desc, bl, lambda st: agent_for_stage(name, desc, st), stage_names=stage_names,
-                settings=settings, references=refs, seed=seed, progress=progress)
+                settings=settings, references=refs, seed=seed, progress=progress,
+                on_fail=on_fail)
     final = bl.ground_truth().reading(sample).stats
     ideal = refs.true[sample]
-    ok = beamline_aligned(final, ideal)
     st = doc["stages"]
-    return {"success": bool(ok), "agent": name, "seed": seed, "misalign": settings.misalign,
+    verdict = run_verdict(st, final, ideal)
+    return {"success": verdict.aligned, "agent": name, "seed": seed,
+            "misalign": settings.misalign,
             "evaluations": sum(s["evaluations"] for s in st),
             "moves": sum(s["moves"] for s in st),
             "beamline_time_s": bl.time_s,
             "stages": st, "observed_at": sample,
             "before": before.to_dict(), "final": final.to_dict(), "ideal": ideal.to_dict(),
             "final_flux_ratio": final.flux / ideal.flux if ideal.flux > 0 else None,
-            "stages_aligned": sum(bool(s["success"]) for s in st)}
+            "stages_aligned": sum(bool(s["success"]) for s in st),
+            "exit_status": verdict.exit_status, "reason": verdict.reason,
+            "verdict": verdict.to_dict(), "on_fail": on_fail,
+            "stopped": doc.get("stopped"), "returned_to_start": doc.get("returned_to_start"),
+            "backend": settings.backend, "rays": settings.rays}
 
 
 def beamline_aligned(final: BeamStats, ideal: BeamStats) -> bool:
-    """The whole-beamline criterion: flux >= FLUX_FLOOR x ideal, each FWHM <= SIZE_CAP x ideal."""
-    return bool(final.flux >= FLUX_FLOOR * ideal.flux and math.isfinite(final.fwhm_x_um)
-                and math.isfinite(final.fwhm_y_um)
-                and final.fwhm_x_um <= SIZE_CAP * ideal.fwhm_x_um
-                and final.fwhm_y_um <= SIZE_CAP * ideal.fwhm_y_um)
+    """The whole-beamline beam criterion (:func:`agents.verdict.beam_meets`)."""
+    return beam_meets(final, ideal)[0]
 
 
 def plot_convergence(raw: dict[str, list[TrialResult]], path: str, *, title: str) -> str:

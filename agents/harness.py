@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -22,7 +22,9 @@ from agents.objective import Judgement, Objective
 from agents.problem import AlignmentProblem, default_span
 from agents.safety import BudgetError, DivergenceError, SafetyConfig
 from agents.stages import Stage, ordered_stages, stage
+from agents.verdict import ON_FAIL, OnFail, StageVerdict, stage_verdict
 from twin.description import BeamlineDescription
+from twin.errors import ConfigError
 from twin.hidden import HiddenErrors
 from twin.observation import BeamStats
 from twin.protocol import MovableBeamline
@@ -30,7 +32,7 @@ from twin.simulator import TwinBeamline
 from twin.tracer import Twin
 
 __all__ = ["Agent", "check_agent", "TrialResult", "run_trial", "stage_trial", "align",
-           "ideal_references", "BenchSettings", "References"]
+           "ideal_references", "BenchSettings", "References", "source_positions", "return_to"]
 
 
 class Agent(Protocol):
@@ -93,6 +95,14 @@ class TrialResult:
     foms: list[float] = field(repr=False)
     error: str | None = None
     refusals: list[dict[str, Any]] = field(default_factory=list)
+    recovered: str | None = None
+
+    @property
+    def verdict(self) -> StageVerdict:
+        """The stage's verdict with its reason (:func:`agents.verdict.stage_verdict`)."""
+        return stage_verdict(success=self.success, error=self.error,
+                             evaluations=self.evaluations, budget=self.budget,
+                             final=self.final, refusals=self.refusals)
 
     @property
     def counted_evaluations(self) -> int:
@@ -103,11 +113,15 @@ class TrialResult:
         """JSON-ready."""
         d = asdict(self)
         d.pop("foms")
+        v = self.verdict
+        d["verdict"] = v.to_dict()
+        d["reason"] = v.reason
         return d
 
 
 def run_trial(agent: Agent, problem: AlignmentProblem, seed: int, *,
-              truth: Callable[[], Judgement] | None = None) -> TrialResult:
+              truth: Callable[[], Judgement] | None = None,
+              on_fail: OnFail = "stay") -> TrialResult:
     """Run *agent* on *problem* and judge the beamline it leaves behind.
 
     Parameters
@@ -115,7 +129,15 @@ def run_trial(agent: Agent, problem: AlignmentProblem, seed: int, *,
     truth : callable, optional
         Judges the beamline as it really is (in simulation: noise-free, against the
         ideal beamline); default: the agent's own final measurement.
+    on_fail : {"stay", "best", "start"}
+        When the agent's final measurement misses the criterion (or the budget ran
+        out): ``best`` moves to the evaluation with the highest figure of merit and
+        measures there (one more evaluation), if it measured better than the final
+        one; ``start`` and ``stay`` leave the stage where the agent did (a run
+        returns to its start itself). The decision uses the measurements only.
     """
+    if on_fail not in ON_FAIL:
+        raise ConfigError(f"on_fail must be one of {', '.join(ON_FAIL)}, got {on_fail!r}")
     rng = np.random.default_rng(seed)
     t_beam0 = problem.safe.time_s
     t0 = time.perf_counter()
@@ -130,6 +152,15 @@ def run_trial(agent: Agent, problem: AlignmentProblem, seed: int, *,
     except BudgetError as exc:
         error = f"BudgetError: {exc}"
         judgement = problem.history[-1].judgement if problem.history else _judge_now(problem)
+    recovered = None
+    if (on_fail == "best" and not judgement.success and problem.history
+            and not (error or "").startswith("DivergenceError")):
+        best = problem.best()
+        if best.fom > judgement.fom:
+            judgement = problem.recover(best.u).judgement
+            recovered = "best"
+            if error is not None and error.startswith("BudgetError"):
+                error = None  # judged where the recovery left it, not where the budget ran out
     wall = time.perf_counter() - t0
     measured_fom = judgement.fom
     if truth is not None:
@@ -143,7 +174,7 @@ def run_trial(agent: Agent, problem: AlignmentProblem, seed: int, *,
         beamline_time_s=problem.safe.time_s - t_beam0,
         optimizer_s=max(wall - problem.eval_wall_s, 0.0),
         final=final, foms=[e.fom for e in problem.history], error=error,
-        refusals=list(problem.safe.refusals))
+        refusals=list(problem.safe.refusals), recovered=recovered)
 
 
 def _json_value(v: Any) -> Any:
@@ -158,14 +189,17 @@ def _judge_now(problem: AlignmentProblem) -> Judgement:
 
 
 def ideal_references(desc: BeamlineDescription, *, rays: int, seed: int = 0,
-                     backend: str = "xrt", noise: bool = False) -> dict[str, BeamStats]:
+                     backend: str = "xrt", noise: bool = False,
+                     source: Mapping[str, float] | None = None) -> dict[str, BeamStats]:
     """Readings of every observation point on the ideal, aligned beamline.
 
     With *noise*, as the noisy diagnostics measure it (pixelated cameras
     included): the reference an agent compares its own measurements with.
-    Without, the true beam: the reference that judges success.
+    Without, the true beam: the reference that judges success. *source* sets the
+    source's motors (e.g. the undulator gap where the beamline really has it).
     """
-    obs = Twin(desc, backend=backend, rays=rays).trace({}, seed=seed, noise=noise)
+    obs = Twin(desc, backend=backend, rays=rays).trace(dict(source or {}), seed=seed,
+                                                       noise=noise)
     out = {n: r.stats for n, r in obs.diagnostics.items()}
     out[obs.detector.name] = obs.detector.stats
     return out
@@ -219,13 +253,36 @@ class References:
 
     @classmethod
     def of(cls, desc: BeamlineDescription, settings: BenchSettings,
-           seed: int = 0) -> References:
+           seed: int = 0, hidden: HiddenErrors | None = None) -> References:
         """Both references of *desc* at the settings' rays, backend and noise, for the
-        beamline traced with ray seed *seed*."""
-        true = ideal_references(desc, rays=settings.rays, backend=settings.backend, seed=seed)
+        beamline traced with ray seed *seed*.
+
+        With *hidden*, the source's motors are set where that beamline's source really
+        is (the undulator gap with its hidden offset): no stage moves them, and a gap
+        1 um off draws another Monte-Carlo sample of the same source, which alone moves
+        the flux and the focus size by 5 % rms at 5,000 rays and would judge that
+        sampling, not the alignment.
+        """
+        source = source_positions(desc, hidden) if hidden is not None else None
+        true = ideal_references(desc, rays=settings.rays, backend=settings.backend, seed=seed,
+                                source=source)
         measured = ideal_references(desc, rays=settings.rays, backend=settings.backend,
-                                    seed=seed, noise=True) if settings.noise else true
+                                    seed=seed, noise=True, source=source) \
+            if settings.noise else true
         return cls(measured, true)
+
+
+def source_positions(desc: BeamlineDescription, hidden: HiddenErrors) -> dict[str, float]:
+    """The source's own motors (not the ring's knobs) where the physics sees them on a
+    beamline with *hidden* errors, motor units: ``design + offset``."""
+    src = desc.source
+    knobs = desc.knob_motors()
+    out = {}
+    for m in src.motors:
+        name = f"{src.name}.{m.axis}"
+        if name not in knobs and hidden.offset(name) != 0.0:
+            out[name] = m.position + hidden.offset(name)
+    return out
 
 
 def stage_trial(desc: BeamlineDescription, stage_name: str, agent: Agent, *, seed: int,
@@ -237,8 +294,8 @@ def stage_trial(desc: BeamlineDescription, stage_name: str, agent: Agent, *, see
     beamline with the same rays (:class:`References`).
     """
     st = stage(desc, stage_name)
-    refs = References.of(desc, settings, seed)
     full = HiddenErrors.draw(desc, settings.misalign, seed)
+    refs = References.of(desc, settings, seed)
     hidden = HiddenErrors({m: v for m, v in full.offsets.items() if m in st.motors},
                           settings.misalign, seed)
     bl = TwinBeamline(desc, hidden=hidden, seed=seed, backend=settings.backend,
@@ -257,26 +314,51 @@ def align(desc: BeamlineDescription, beamline: MovableBeamline,
           settings: BenchSettings, references: References, seed: int,
           progress: Callable[[str], None] | None = None,
           on_stage: Callable[[int, Stage, Objective], None] | None = None,
-          stop_on_divergence: bool = False) -> dict[str, Any]:
+          stop_on_divergence: bool = False, on_fail: OnFail = "best",
+          truth: Mapping[str, BeamStats] | None = None) -> dict[str, Any]:
     """Progressive alignment: each stage in order, on one beamline.
+
+    Each stage stops when its criterion holds on the measurement (with a margin for
+    noise), or when its agent gives up or spends its budget. A stage that fails is
+    handled by *on_fail* (:data:`agents.verdict.ON_FAIL`):
+
+    ``best``
+        the stage moves to the best point it measured (if that beats where the
+        agent stopped), and the run goes on;
+    ``stay``
+        the stage stays where the agent left it, and the run goes on;
+    ``start``
+        the run ends there, and every axis of the stages run so far goes back to
+        where the run found it (``returned_to_start`` in the document).
 
     With *stop_on_divergence*, a stage that diverges (its axes already back where
     it started) ends the alignment: no later stage runs, and the document says
     why in ``stopped``.
 
     *on_stage* is called with each stage's index, the stage and its objective
-    before the stage starts (a run's recorder uses it).
+    before the stage starts (a run's recorder uses it). *truth*, in simulation,
+    holds the references that judge each stage on the true beam (default
+    ``references.true`` on a :class:`~twin.simulator.TwinBeamline`, none elsewhere:
+    a stage is then judged on its own final measurement).
 
     Returns the ``beamtwin align --json`` document (without ``ideal``/``final`` of
-    the whole beamline, which the caller measures).
+    the whole beamline, which the caller measures), with ``stages``, and
+    ``stopped`` and ``returned_to_start`` when the run ended early.
     """
+    if on_fail not in ON_FAIL:
+        raise ConfigError(f"on_fail must be one of {', '.join(ON_FAIL)}, got {on_fail!r}")
     available = {st.name: st for st in ordered_stages(desc, stage_names)}
     names = list(available)
     say = progress or (lambda m: None)
     chosen = {n: agents(available[n]) for n in names}
     for n, agent in chosen.items():  # refuse before the first stage moves anything
         check_agent(agent, available[n])
-    out = []
+    if truth is None and isinstance(beamline, TwinBeamline):
+        truth = references.true
+    run_start = beamline.positions()
+    touched: list[str] = []
+    out: list[dict[str, Any]] = []
+    doc: dict[str, Any] = {"stages": out, "on_fail": on_fail}
     for k, n in enumerate(names):
         st = available[n]
         agent = chosen[n]
@@ -288,16 +370,56 @@ def align(desc: BeamlineDescription, beamline: MovableBeamline,
                                    span=default_span(desc, st, settings.span_sigmas),
                                    budget=settings.budget, trial=f"align-{n}",
                                    safety=settings.safety)
-        truth = None
-        if isinstance(beamline, TwinBeamline):
-            judge = Objective.at(st, references.true)
-            truth = (lambda j=judge: j.judge(beamline.ground_truth()))  # noqa: E731
-        res = run_trial(agent, problem, seed + k, truth=truth)
+        touched.extend(m for m in st.motors if m not in touched)
+        judge_truth = None
+        if truth is not None and isinstance(beamline, TwinBeamline):
+            judge = Objective.at(st, truth)
+            judge_truth = (lambda j=judge: j.judge(beamline.ground_truth()))  # noqa: E731
+        res = run_trial(agent, problem, seed + k, truth=judge_truth,
+                        on_fail="best" if on_fail == "best" else "stay")
         out.append({"stage": n, "agent": agent.name, "motors": list(st.motors),
                     "diagnostic": st.diagnostic, **res.to_dict()})
-        say(f"  -> {'aligned' if res.success else 'NOT aligned'} in {res.evaluations} "
-            f"evaluations, fom {res.final['fom']:.3f}")
-        if stop_on_divergence and (res.error or "").startswith("DivergenceError"):
+        v = res.verdict
+        say(f"  -> {'aligned' if v.aligned else 'NOT aligned'} in {res.evaluations} "
+            f"evaluations, fom {_fmt3(res.final['fom'])}"
+            + ("" if v.aligned else f" ({v.reason}: {v.detail})"))
+        if stop_on_divergence and v.reason == "diverged":
             say(f"stage {n} diverged: the alignment stops here")
-            return {"stages": out, "stopped": f"stage {n} diverged: {res.error}"}
-    return {"stages": out}
+            doc["stopped"] = f"stage {n} diverged: {res.error}"
+            break
+        if not v.aligned and on_fail == "start":
+            doc["stopped"] = f"stage {n} failed ({v.reason}); on-fail start"
+            break
+    if doc.get("stopped"):
+        for n in names[len(out):]:
+            out.append({"stage": n, "agent": chosen[n].name, "motors": list(available[n].motors),
+                        "diagnostic": available[n].diagnostic, "success": False,
+                        "evaluations": 0, "budget": settings.budget, "moves": 0,
+                        "beamline_time_s": 0.0, "final": {}, "error": None, "refusals": [],
+                        "reason": "not_run",
+                        "verdict": StageVerdict(False, "not_run", "an earlier stage ended the "
+                                                "run").to_dict()})
+        if on_fail == "start":
+            say("on-fail start: every axis the run moved goes back to where it started")
+            doc["returned_to_start"] = return_to(beamline, run_start, touched, settings.safety)
+    return doc
+
+
+def return_to(beamline: MovableBeamline, start: Mapping[str, float], axes: Sequence[str],
+              safety: SafetyConfig) -> list[str]:
+    """Move *axes* back to *start* in capped steps through the safety layer (inside
+    each motor's soft limits); returns the axes moved back."""
+    from agents.safety import SafeBeamline
+
+    infos = beamline.motors()
+    here = beamline.positions()
+    back = [m for m in axes if here[m] != start[m]]
+    if back:
+        envelope = {m: (infos[m].low, infos[m].high) for m in back}
+        SafeBeamline(beamline, envelope, safety).move_stepwise({m: start[m] for m in back})
+    return back
+
+
+def _fmt3(v: Any) -> str:
+    """Three significant figures for people ("—" for a missing value)."""
+    return "—" if not isinstance(v, float | int) or not math.isfinite(v) else f"{v:.3g}"

@@ -134,6 +134,8 @@ class AlignmentProblem:
         self._start_fom: float | None = None
         self._below = 0
         self.finished: Evaluation | None = None
+        self._recovering = False
+        self.recovered = False  # whether recover() moved the stage to another point
         self.eval_wall_s = 0.0  # wall time spent moving and acquiring
 
     # ------------------------------------------------------------------ coordinates
@@ -193,7 +195,7 @@ class AlignmentProblem:
                               f"coordinates, got shape {u.shape}")
         if not np.all(np.isfinite(u)):
             raise NonFiniteError(f"agent point {u.tolist()} is not finite; nothing moved")
-        if self.remaining <= 0:
+        if self.remaining <= 0 and not self._recovering:
             raise BudgetError(f"the budget of {self.budget} evaluations is spent")
         if np.any(np.abs(u) > 1.0):
             self.clipped += 1
@@ -221,6 +223,18 @@ class AlignmentProblem:
             self.finished = self.history[-1]
             return self.finished
         self.finished = self.evaluate(u)
+        return self.finished
+
+    def recover(self, u: np.ndarray) -> Evaluation:
+        """Move to *u* and measure there although the budget may be spent: the one
+        recovery move of a failed stage (``--on-fail best``). It counts as an
+        evaluation and becomes the trial's result."""
+        self._recovering = True
+        try:
+            self.finished = self.evaluate(u)
+        finally:
+            self._recovering = False
+        self.recovered = True
         return self.finished
 
     def return_to_start(self) -> None:

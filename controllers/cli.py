@@ -26,6 +26,7 @@ Commands
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 from collections.abc import Sequence
@@ -381,12 +382,21 @@ def _with(options):
               "and agents; move nothing (with --epics).")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress bar on stderr (with --epics).")
+@click.option("--on-fail", "on_fail", type=click.Choice(["best", "start", "stay"]),
+              default="best", show_default=True,
+              help="A stage that fails: best = move to the best point it measured and go "
+                   "on; start = end the run and return every moved axis to where the run "
+                   "started; stay = leave it where the agent stopped and go on.")
 @json_option
 def align_cmd(preset: str | None, agent: str | None, stages: str | None, seed: int,
               misalign: float, budget: int, rays: int, backend: str, noise: bool, epics: bool,
               prefix: str, mapping: str | None, out: str, dry_run: bool, progress: bool,
-              as_json: bool) -> None:
-    """One-click progressive alignment: of a misaligned simulated beamline, or over EPICS."""
+              on_fail: str, as_json: bool) -> None:
+    """One-click progressive alignment: of a misaligned simulated beamline, or over EPICS.
+
+    Exit status: 0 aligned, 1 not aligned (the JSON's ``reason`` and ``verdict`` say
+    why), 130 aborted, 2 bad input (nothing moved).
+    """
 
     def body() -> None:
         desc = load_preset(preset)
@@ -399,42 +409,59 @@ def align_cmd(preset: str | None, agent: str | None, stages: str | None, seed: i
             doc = align_over_epics(desc, prefix, mapping=mapping, agent_name=agent,
                                    stage_names=_split(stages), budget=budget, seed=seed,
                                    out_dir=out, progress=say, progress_bar=progress,
-                                   dry_run_only=dry_run)
+                                   dry_run_only=dry_run, on_fail=on_fail)
             if dry_run:
                 _emit(as_json, doc, lambda: f"dry run passed: {len(doc['dry_run']['checks'])} "
                                             f"motor checks, nothing moved")
                 return
-            _emit(as_json, doc, lambda: _align_text(doc))
-            status = doc.get("exit_status")
-            if status == "abort":
-                sys.exit(130)
-            if status != "success" or doc.get("stopped"):
-                sys.exit(1)
-            return
-        from agents.bench import one_click_align
+        else:
+            from agents.bench import one_click_align
 
-        settings = _bench_settings(rays, budget, misalign, backend, noise)
-        doc = one_click_align(desc, agent_name=agent, stage_names=_split(stages), seed=seed,
-                              settings=settings, progress=say)
+            settings = _bench_settings(rays, budget, misalign, backend, noise)
+            doc = one_click_align(desc, agent_name=agent, stage_names=_split(stages),
+                                  seed=seed, settings=settings, progress=say, on_fail=on_fail)
         _emit(as_json, doc, lambda: _align_text(doc))
+        from agents.verdict import EXIT_CODES
+
+        sys.exit(EXIT_CODES[doc["exit_status"]])
 
     _run(as_json, body)
 
 
+def _g3(v: Any, unit: str = "") -> str:
+    """A number for people: three significant figures ("—" when missing)."""
+    if not isinstance(v, float | int) or not math.isfinite(v):
+        return "—"
+    return f"{v:.3g}{unit}"
+
+
 def _align_text(doc: dict[str, Any]) -> str:
-    lines = [f"{s['stage']:>7}: {'ok ' if s['success'] else 'NOT'} "
-             f"{s['evaluations']:>4} evaluations, fom {s['final']['fom']:.3f}"
-             for s in doc["stages"]]
+    lines = []
+    for s in doc["stages"]:
+        v = s.get("verdict") or {"aligned": s["success"], "reason": None, "detail": ""}
+        mark = "ok " if v["aligned"] else "NOT"
+        line = (f"{s['stage']:>7}: {mark} {s['evaluations']:>4} evaluations, "
+                f"fom {_g3(s['final'].get('fom'))}")
+        if not v["aligned"]:
+            line += f"  [{v['reason']}: {v['detail']}]"
+        lines.append(line)
     f, i = doc["final"], doc["ideal"]
     if doc.get("error"):
-        lines.append(f"run ended: {doc.get('exit_status')}: {doc['error']}")
+        lines.append(f"run ended: {doc.get('run_exit_status', doc.get('exit_status'))}: "
+                     f"{doc['error']}")
+    verdict = doc.get("verdict") or {}
+    head = "ALIGNED" if doc["success"] else f"NOT aligned ({verdict.get('reason')})"
+    lines.append(f"{head}: {doc['evaluations']} evaluations, {doc['moves']} moves, "
+                 f"{_g3(doc['beamline_time_s'])} s of beamline time")
     if f is not None:
-        lines.append(f"{'success' if doc['success'] else 'NOT aligned'}: "
-                     f"{doc['evaluations']} evaluations, {doc['moves']} moves, "
-                     f"{doc['beamline_time_s']:.0f} s of beamline time; flux "
-                     f"{f['flux']:.3g} (ideal {i['flux']:.3g}) ph/s, FWHM "
-                     f"{f['fwhm_x_um']} x {f['fwhm_y_um']} um (ideal "
-                     f"{i['fwhm_x_um']:.3g} x {i['fwhm_y_um']:.3g})")
+        lines.append(f"  at {doc.get('observed_at', 'the sample')}: flux {_g3(f['flux'])} ph/s "
+                     f"({_g3(doc.get('final_flux_ratio'))} x the reference), FWHM "
+                     f"{_g3(f['fwhm_x_um'])} x {_g3(f['fwhm_y_um'])} um (reference "
+                     f"{_g3(i['fwhm_x_um'])} x {_g3(i['fwhm_y_um'])})")
+    if not doc["success"] and verdict.get("detail"):
+        lines.append(f"  why: {verdict['detail']}")
+    if doc.get("returned_to_start"):
+        lines.append(f"  returned to start: {', '.join(doc['returned_to_start'])}")
     for key in ("nexus_file", "report"):
         if doc.get(key):
             lines.append(f"{key.replace('_', ' ')}: {doc[key]}")
@@ -492,6 +519,113 @@ def bench_align_cmd(preset: str | None, agent_list: str, stage_name: str, trials
         _emit(as_json, doc, text)
 
     _run(as_json, body)
+
+
+@bench.command("oneclick")
+@preset_option
+@click.option("--trials", type=int, default=50, show_default=True,
+              help="One-click runs, each on its own freshly seeded beamline.")
+@click.option("--seed", type=int, default=None,
+              help="Base seed (trial k uses seed + k) [default: drawn afresh and reported].")
+@click.option("--misalign", type=float, default=1.0, show_default=True,
+              help="Scale of the hidden errors (1: day one).")
+@click.option("--budget", type=int, default=100, show_default=True,
+              help="Evaluations per stage.")
+@click.option("--rays", type=int, default=5000, show_default=True, help="Rays per trace.")
+@click.option("--backend", type=click.Choice(["xrt", "fast"]), default="xrt",
+              show_default=True, help="Twin that simulates the beamline (behind the IOC "
+              "with --epics).")
+@click.option("--noise/--no-noise", default=True, show_default=True,
+              help="Detector and diagnostic noise (twin trials).")
+@click.option("--agent", default=None, help="Agent for every stage [default: auto].")
+@click.option("--on-fail", "on_fail", type=click.Choice(["best", "start", "stay"]),
+              default="best", show_default=True, help="As for beamtwin align.")
+@click.option("--epics", is_flag=True, help="Each trial starts an IOC (the twin behind it, "
+              "disturbances on) and aligns it over Channel Access.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Local worker processes for twin trials.")
+@click.option("--out", type=click.Path(file_okay=False), default="beamtwin-bench-oneclick",
+              show_default=True, help="Folder for the EPICS runs' NeXus files and reports.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the plot of per-stage evaluations and failures (PNG).")
+@click.option("--runs", "runs_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write every run's document (JSON).")
+@json_option
+def bench_oneclick_cmd(preset: str | None, trials: int, seed: int | None, misalign: float,
+                       budget: int, rays: int, backend: str, noise: bool, agent: str | None,
+                       on_fail: str, epics: bool, workers: int, out: str,
+                       plot_path: str | None, runs_path: str | None, as_json: bool) -> None:
+    """One-click alignment on many freshly seeded beamlines: success rate with its 95 %
+    interval, evaluations, beamline time, and every failure with its stage and reason."""
+
+    def body() -> None:
+        from tqdm import tqdm
+
+        from agents.oneclick_bench import bench_oneclick, plot_oneclick
+
+        desc = load_preset(preset)
+        settings = _bench_settings(rays, budget, misalign, backend, noise)
+        for path in (plot_path, runs_path):  # an output that cannot be written fails first
+            if path:
+                _check_writable(path)
+        trial_fn = None
+        if epics:
+            from controllers.oneclick import epics_trial
+
+            trial_fn = epics_trial(preset, backend=backend, rays=rays, misalign=misalign,
+                                   budget=budget, agent_name=agent, on_fail=on_fail,
+                                   out_dir=out)
+        bar = tqdm(total=trials, desc="oneclick", unit="run", file=sys.stderr, leave=False)
+        aligned = [0]
+
+        def progress(run: dict[str, Any]) -> None:
+            aligned[0] += bool(run["success"])
+            bar.update(1)
+            bar.set_postfix(aligned=f"{aligned[0]}/{bar.n}")
+
+        try:
+            doc, runs = bench_oneclick(desc, trials=trials, seed=seed, settings=settings,
+                                       agent_name=agent, on_fail=on_fail, workers=workers,
+                                       trial_fn=trial_fn, progress=progress)
+        finally:
+            bar.close()
+        doc["epics"] = epics
+        if plot_path:
+            doc["plot"] = plot_oneclick(doc, runs, plot_path)
+        if runs_path:
+            with open(runs_path, "w") as fh:
+                json.dump(jsonable({"summary": doc, "runs": runs}), fh, indent=1)
+            doc["runs_file"] = runs_path
+
+        def text() -> str:
+            lo, hi = doc["success_ci95"]
+            lines = [f"{doc['aligned']} of {doc['trials']} aligned ({doc['success_rate']:.0%}, "
+                     f"95 % CI {lo:.0%}-{hi:.0%}); evaluations median "
+                     f"{_g3(doc['median_evaluations'])}, p90 {_g3(doc['p90_evaluations'])}; "
+                     f"beamline time median {_g3(doc['median_beamline_time_s'])} s "
+                     f"(seeds {doc['seed']}..{doc['seed'] + trials - 1})",
+                     f"{'stage':>8} aligned  median  p90  failures"]
+            for n, st in doc["stages"].items():
+                fails = ", ".join(f"{k} {v}" for k, v in st["failures"].items()) or "-"
+                lines.append(f"{n:>8} {st['aligned']:>3}/{st['runs']:<3} "
+                             f"{_g3(st['median_evaluations']):>6} "
+                             f"{_g3(st['p90_evaluations']):>4}  {fails}")
+            return "\n".join(lines)
+
+        _emit(as_json, doc, text)
+
+    _run(as_json, body)
+
+
+def _check_writable(path: str) -> None:
+    """Refuse an output file whose folder cannot be written, before any work."""
+    import os
+    from pathlib import Path
+
+    folder = Path(path).resolve().parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ConfigError(f"cannot write {path!r}: folder {str(folder)!r} is missing or "
+                          f"not writable")
 
 
 def _energies(value: str | None) -> tuple[float, ...]:
@@ -639,8 +773,9 @@ def demo(preset: str | None, seed: int, misalign: float, backend: str, rays: int
             return (_align_text(doc["alignment"]) + "\n\n" + doc["summary"])
 
         _emit(as_json, doc, text)
-        if doc["alignment"].get("exit_status") == "abort":
-            sys.exit(130)
+        from agents.verdict import EXIT_CODES
+
+        sys.exit(EXIT_CODES[doc["alignment"]["exit_status"]])
 
     _run(as_json, body)
 

@@ -69,15 +69,18 @@ def run_demo(desc: BeamlineDescription, *, preset: str | None = None, seed: int 
             ioc.kill()
             rc = -9
     f, i = doc.get("final"), doc["ideal"]
+    verdict = doc.get("verdict") or {}
     summary = (f"{desc.name}: {'aligned' if doc['success'] else 'NOT aligned'} over EPICS by "
                f"{doc['agent']} in {doc['evaluations']} evaluations and "
                f"{doc['beamline_time_s']:.0f} s; stages aligned {doc['stages_aligned']}/"
                f"{len(doc['stages'])}")
     if f is not None:
         summary += (f"; at {doc['observed_at']}: flux {f['flux']:.3g} ph/s "
-                    f"({doc['final_flux_ratio']:.2f}x ideal), FWHM {f['fwhm_x_um']:.3g} x "
+                    f"({doc['final_flux_ratio']:.3g}x ideal), FWHM {f['fwhm_x_um']:.3g} x "
                     f"{f['fwhm_y_um']:.3g} um (ideal {i['fwhm_x_um']:.3g} x "
                     f"{i['fwhm_y_um']:.3g})")
+    if not doc["success"]:
+        summary += f"; why: {verdict.get('reason')}: {verdict.get('detail')}"
     result = {"alignment": doc, "nexus_file": doc.get("nexus_file"), "report": doc.get("report"),
               "ioc": {"prefix": prefix, "port": port, "backend": backend, "rays": rays,
                       "misalign": misalign, "seed": seed, "disturbances": disturbances,

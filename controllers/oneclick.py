@@ -29,13 +29,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from agents.bench import beamline_aligned
 from agents.harness import BenchSettings, References, align, check_agent
 from agents.objective import Objective
 from agents.problem import default_span
 from agents.registry import DEFAULT_AGENT, agent_for_stage, make_agent
 from agents.safety import SafeBeamline, SafetyConfig
 from agents.stages import Stage, ordered_stages
+from agents.verdict import ON_FAIL, OnFail, run_verdict
 from controllers.epics_beamline import EpicsBeamline, EpicsConfig
 from controllers.nexus import NexusWriter
 from controllers.plans import (
@@ -53,7 +53,7 @@ from twin.cliutil import jsonable
 from twin.description import BeamlineDescription
 from twin.errors import BeamtwinError, ConfigError
 
-__all__ = ["align_over_epics", "dry_run", "PreflightError"]
+__all__ = ["align_over_epics", "dry_run", "PreflightError", "epics_trial"]
 
 
 class PreflightError(BeamtwinError, RuntimeError):
@@ -104,7 +104,7 @@ def align_over_epics(desc: BeamlineDescription, prefix: str, *, mapping: str | N
                      safety: SafetyConfig | None = None,
                      progress: Callable[[str], None] | None = None,
                      progress_bar: bool = True,
-                     dry_run_only: bool = False) -> dict[str, Any]:
+                     dry_run_only: bool = False, on_fail: OnFail = "best") -> dict[str, Any]:
     """One-click alignment of the beamline served under *prefix*; the run's document.
 
     Parameters
@@ -124,8 +124,15 @@ def align_over_epics(desc: BeamlineDescription, prefix: str, *, mapping: str | N
         Seeds the agents.
     out_dir : path
         Where the NeXus file and the report go.
+    on_fail : {"best", "start", "stay"}
+        What a failed stage does (:func:`agents.harness.align`).
+
+    The document's ``success``, ``exit_status`` and ``verdict`` come from
+    :func:`agents.verdict.run_verdict`; ``run_exit_status`` is the RunEngine's own.
     """
     say = progress or (lambda m: None)
+    if on_fail not in ON_FAIL:
+        raise ConfigError(f"on_fail must be one of {', '.join(ON_FAIL)}, got {on_fail!r}")
     name = agent_name or DEFAULT_AGENT
     make_agent(name)  # an unknown agent is refused before anything connects
     st_list = ordered_stages(desc, stage_names)
@@ -143,7 +150,7 @@ def align_over_epics(desc: BeamlineDescription, prefix: str, *, mapping: str | N
         if dry_run_only:
             return doc
         return _run(bl, desc, st_list, name, budget, seed, Path(out_dir), safety, say,
-                    progress_bar, doc)
+                    progress_bar, doc, on_fail)
     finally:
         bl.close()
 
@@ -184,7 +191,8 @@ def _snapshot(bl: EpicsBeamline, writer: NexusWriter, when: str) -> tuple[Any, d
 
 def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], name: str,
          budget: int, seed: int, out: Path, safety: SafetyConfig | None,
-         say: Callable[[str], None], progress_bar: bool, doc: dict[str, Any]) -> dict[str, Any]:
+         say: Callable[[str], None], progress_bar: bool, doc: dict[str, Any],
+         on_fail: OnFail = "best") -> dict[str, Any]:
     from bluesky import RunEngine
 
     settings, refs = _references(bl, budget, safety)
@@ -233,8 +241,11 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
             outcome["align"] = align(desc, bridged, lambda st: agent_for_stage(name, desc, st),
                                      stage_names=[s.name for s in st_list], settings=settings,
                                      references=refs, seed=seed, progress=say,
-                                     on_stage=on_stage, stop_on_divergence=True)
-            if outcome["align"].get("stopped"):
+                                     on_stage=on_stage, stop_on_divergence=True,
+                                     on_fail=on_fail)
+            if outcome["align"].get("returned_to_start") is not None:
+                outcome["returned"] = outcome["align"]["returned_to_start"]
+            elif outcome["align"].get("stopped"):
                 say("return to safe: every moved axis goes back to where the run started")
                 outcome["returned"] = _return_to_start(bridged, run_start, sorted(bl.moved),
                                                        settings.safety)
@@ -264,9 +275,14 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
         ideal = refs.measured[observed_at]
         final = after_obs.reading(observed_at).stats if after_obs is not None else None
         refusals = [r for s in st_docs for r in s.get("refusals", [])]
+        if exit_status == "abort":
+            verdict = run_verdict(st_docs, final, ideal, aborted=error or "aborted")
+        elif exit_status != "success":  # an exception ended the run
+            verdict = run_verdict(st_docs, final, ideal, failed=error or exit_status)
+        else:
+            verdict = run_verdict(st_docs, final, ideal)
         doc.update({
-            "success": bool(final is not None and beamline_aligned(final, ideal)
-                            and not (result or {}).get("stopped")),
+            "success": verdict.aligned,
             "misalign": None, "evaluations": sum(s["evaluations"] for s in st_docs),
             "moves": sum(s["moves"] for s in st_docs), "beamline_time_s": run_s,
             "stages": st_docs, "observed_at": observed_at,
@@ -278,7 +294,9 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
             "stages_aligned": sum(bool(s["success"]) for s in st_docs),
             "stopped": (result or {}).get("stopped"),
             "returned_to_start": outcome.get("returned"),
-            "exit_status": exit_status, "error": error, "beamline": desc.name,
+            "exit_status": verdict.exit_status, "run_exit_status": exit_status,
+            "reason": verdict.reason, "verdict": verdict.to_dict(), "on_fail": on_fail,
+            "error": error, "beamline": desc.name,
             "run_uid": (nexus_cb.start or {}).get("uid"),
             "events": len(events),
         "timing": {"run_s": run_s,
@@ -292,11 +310,66 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
         writer.set_metadata("error", error or "")
         writer.set_metadata("result", jsonable({k: v for k, v in doc.items()
                                                 if k not in ("dry_run", "stages")}))
-        status = {"success": "success", "abort": "abort"}.get(exit_status, "fail")
-        nexus = writer.close(status)
+        writer.set_metadata("verdict", jsonable(verdict.to_dict()))
+        nexus = writer.close(verdict.exit_status)
     doc["nexus_file"] = str(nexus.resolve())
     report = write_report(out, doc, events=events, before_images=before_images,
                           after_images=after_images, moves=bl.move_log)
     doc["report"] = str(report.resolve())
     return doc
 
+
+
+def epics_trial(desc_preset: str | None, *, backend: str, rays: int, misalign: float,
+                budget: int, agent_name: str | None, on_fail: OnFail, out_dir: str | Path,
+                disturbances: bool = True, timeout_s: float = 3600.0
+                ) -> Callable[[int], dict[str, Any]]:
+    """A trial function for :func:`agents.oneclick_bench.bench_oneclick` over EPICS.
+
+    Each trial starts ``beamtwin ioc`` with the twin *backend* behind it, hidden errors
+    drawn at *misalign* from the trial's seed and (by default) the disturbance model,
+    then runs ``beamtwin align --epics --json`` against it in a fresh process (each
+    gets a fresh CA client context that finds only that IOC), and stops the IOC.
+    Returns the run's document, plus ``returncode`` and ``command_wall_s``.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from ioc_sim.process import IocProcess, client_env, free_port, random_prefix
+
+    def trial(seed: int) -> dict[str, Any]:
+        port = free_port()
+        env = dict(os.environ, **client_env([port]))
+        prefix = random_prefix()
+        args = ["--backend", backend, "--rays", str(rays), "--misalign", str(misalign),
+                "--seed", str(seed), "--disturbances" if disturbances else "--no-disturbances"]
+        cmd = [sys.executable, "-m", "controllers.cli", "align", "--epics", "--prefix", prefix,
+               "--budget", str(budget), "--seed", str(seed), "--on-fail", on_fail,
+               "--out", str(Path(out_dir) / f"seed{seed}"), "--no-progress", "--json"]
+        if desc_preset is not None:
+            args += ["--preset", str(desc_preset)]
+            cmd += ["--preset", str(desc_preset)]
+        if agent_name is not None:
+            cmd += ["--agent", agent_name]
+        with IocProcess(prefix, port, args):
+            t0 = time.monotonic()
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
+            wall = time.monotonic() - t0
+        try:
+            doc = json.loads(r.stdout)
+        except json.JSONDecodeError as exc:
+            raise BeamtwinError(f"seed {seed}: align --epics printed no JSON (exit "
+                                f"{r.returncode}): {r.stderr[-500:]}") from exc
+        if "error" in doc and "stages" not in doc:
+            raise BeamtwinError(f"seed {seed}: align --epics refused: {doc['error']}")
+        doc["seed"] = seed
+        doc["returncode"] = r.returncode
+        doc["command_wall_s"] = wall
+        doc.pop("dry_run", None)
+        for s in doc.get("stages", []):
+            s.pop("refusals", None)
+        return doc
+
+    return trial

@@ -129,8 +129,12 @@ def write_report(out_dir: str | Path, doc: Mapping[str, Any], *,
         f"# One-click alignment of {doc.get('beamline', 'the beamline')} over EPICS",
         "",
         f"- result: **{'aligned' if doc.get('success') else 'NOT aligned'}** "
-        f"(the run ended: {doc.get('exit_status', '')}); agent `{doc.get('agent')}`, prefix "
-        f"`{doc.get('prefix')}`",
+        f"(exit status: {doc.get('exit_status', '')}"
+        + ("" if doc.get("success") else
+           f"; reason: {(doc.get('verdict') or {}).get('reason')}: "
+           f"{(doc.get('verdict') or {}).get('detail')}")
+        + f"); agent `{doc.get('agent')}`, prefix `{doc.get('prefix')}`",
+        f"- criterion: {(doc.get('verdict') or {}).get('criterion', '')}",
         f"- {doc.get('evaluations')} evaluations, {doc.get('moves')} moves, "
         f"{_fmt(doc.get('beamline_time_s'), '.1f')} s of beamline time",
         f"- NeXus file: `{doc.get('nexus_file')}`",
@@ -149,12 +153,14 @@ def write_report(out_dir: str | Path, doc: Mapping[str, Any], *,
                      f"{_fmt(s.get('fwhm_y_um'))} | {_fmt(s.get('centroid_x_um'))} | "
                      f"{_fmt(s.get('centroid_y_um'))} |")
     lines += ["", "## Stages", "",
-              "| stage | agent | aligned | evaluations | moves | beamline s | fom | error |",
+              "| stage | agent | aligned | evaluations | moves | beamline s | fom | why not |",
               "|---|---|---|---|---|---|---|---|"]
     for s in doc.get("stages", []):
-        lines.append(f"| {s['stage']} | {s['agent']} | {'yes' if s['success'] else 'no'} | "
+        v = s.get("verdict") or {"aligned": s["success"], "reason": s.get("error"), "detail": ""}
+        why = "" if v["aligned"] else f"{v['reason']}: {v['detail']}"
+        lines.append(f"| {s['stage']} | {s['agent']} | {'yes' if v['aligned'] else 'no'} | "
                      f"{s['evaluations']} | {s['moves']} | {_fmt(s['beamline_time_s'], '.1f')} | "
-                     f"{_fmt(s['final'].get('fom'), '.3f')} | {s.get('error') or ''} |")
+                     f"{_fmt(s['final'].get('fom'), '.3g')} | {why} |")
     safety = doc.get("safety", {})
     lines += ["", "## Safety", "",
               f"- refusals: {len(safety.get('refusals', []))}",
