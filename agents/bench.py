@@ -8,7 +8,6 @@ whole budget of evaluations.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 

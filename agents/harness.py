@@ -272,16 +272,29 @@ class References:
         return cls(measured, true)
 
 
-def source_positions(desc: BeamlineDescription, hidden: HiddenErrors) -> dict[str, float]:
-    """The source's own motors (not the ring's knobs) where the physics sees them on a
-    beamline with *hidden* errors, motor units: ``design + offset``."""
-    src = desc.source
+def source_positions(desc: BeamlineDescription, hidden: HiddenErrors,
+                     aligned: Sequence[str] = ()) -> dict[str, float]:
+    """Where the motors that set the source's draw really are on a beamline with *hidden*
+    errors, motor units (``design + offset``): the source's own motors (not the ring's
+    knobs) and the Bragg angle of every monochromator (the source is drawn at the energy
+    the first one selects), except those in *aligned* (motors a stage moves).
+
+    A reference traced there shares the beamline's source: the same rays at the same
+    energy. No one-click stage moves these motors; a gap 1 um off, or a Bragg angle
+    2 urad off, draws another Monte-Carlo sample of the same source, which alone moves
+    the flux and the focus size by 5 % rms at 5,000 rays.
+    """
+    from twin.description import CrystalMonochromator, MultilayerMonochromator
+
     knobs = desc.knob_motors()
+    names = [f"{desc.source.name}.{m.axis}" for m in desc.source.motors]
+    names += [f"{e.name}.bragg" for e in desc.elements
+              if isinstance(e, (CrystalMonochromator, MultilayerMonochromator))
+              and e.motor("bragg") is not None]
     out = {}
-    for m in src.motors:
-        name = f"{src.name}.{m.axis}"
-        if name not in knobs and hidden.offset(name) != 0.0:
-            out[name] = m.position + hidden.offset(name)
+    for name in names:
+        if name not in knobs and name not in aligned and hidden.offset(name) != 0.0:
+            out[name] = desc.motor(name).position + hidden.offset(name)
     return out
 
 

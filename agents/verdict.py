@@ -124,10 +124,9 @@ def stage_verdict(*, success: bool, error: str | None, evaluations: int, budget:
         return StageVerdict(False, "budget_spent",
                             f"all {budget} evaluations used; {misses}")
     if refusals:
-        last = refusals[-1]
+        last = refusals[-1].get("message", refusals[-1])
         return StageVerdict(False, "safety_refusal",
-                            f"{len(refusals)} move(s) refused, the last: {last.get('message', last)}"
-                            f"; {misses}")
+                            f"{len(refusals)} move(s) refused, the last: {last}; {misses}")
     return StageVerdict(False, "converged_below",
                         f"the agent stopped after {evaluations} of {budget} evaluations; {misses}")
 

@@ -179,9 +179,10 @@ def test_bench_align_json_contract(tmp_path):
 def test_align_json_contract():
     code, doc = run("align", "--agent", "scan", "--stages", "mono,slits", "--budget", "10",
                     "--rays", "1000", "--seed", "2", "--json")
-    assert code == 0
+    assert code == (0 if doc["success"] else 1)  # the exit code agrees with the verdict
     assert {"success", "evaluations", "moves", "beamline_time_s", "stages", "final",
-            "ideal"} <= set(doc)
+            "ideal", "exit_status", "reason", "verdict", "on_fail"} <= set(doc)
+    assert doc["exit_status"] == ("success" if doc["success"] else "fail")
     assert [s["stage"] for s in doc["stages"]] == ["mono", "slits"]
     assert doc["evaluations"] == sum(s["evaluations"] for s in doc["stages"]) <= 20
     assert doc["beamline_time_s"] > 0 and isinstance(doc["success"], bool)
@@ -194,7 +195,7 @@ def test_align_without_agent_uses_the_benchmarks_best():
 
     assert DEFAULT_AGENT in AGENTS
     code, doc = run("align", "--stages", "slits", "--budget", "4", "--rays", "1000", "--json")
-    assert code == 0 and doc["agent"] == DEFAULT_AGENT
+    assert code == (0 if doc["success"] else 1) and doc["agent"] == DEFAULT_AGENT
 
 
 @pytest.mark.parametrize("args,needle", [

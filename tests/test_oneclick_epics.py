@@ -308,7 +308,9 @@ def test_divergence_stops_the_run_and_returns_every_axis_to_its_start(ioc, epics
         desc, ioc.prefix, stage_names=["m1", "mono", "slits"], budget=30, out_dir=tmp_path,
         progress_bar=False, safety=SafetyConfig(divergence_ratio=0.9, divergence_count=2))
     assert doc["stopped"] and "diverged" in doc["stopped"] and doc["success"] is False
-    assert [s["stage"] for s in doc["stages"]] == ["m1", "mono"]  # slits never ran
+    assert [s["stage"] for s in doc["stages"] if s["reason"] != "not_run"] == ["m1", "mono"]
+    assert doc["stages"][2]["stage"] == "slits" and doc["stages"][2]["evaluations"] == 0
+    assert doc["exit_status"] == "fail" and doc["reason"] == "diverged"
     assert doc["stages"][1]["error"].startswith("DivergenceError")
     assert set(doc["returned_to_start"]) >= {"m1.pitch", "dcm.pitch2"}
     bl = EpicsBeamline(PvMap(desc, ioc.prefix), config=EpicsConfig(connect_timeout_s=3.0))
