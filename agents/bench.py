@@ -88,8 +88,14 @@ def bench_align(desc: BeamlineDescription, agent_names: Sequence[str], stage_nam
 def one_click_align(desc: BeamlineDescription, *, agent_name: str | None,
                     stage_names: Sequence[str] | None, seed: int, settings: BenchSettings,
                     progress: Callable[[str], None] | None = None,
-                    on_fail: OnFail = "best") -> dict[str, Any]:
+                    on_fail: OnFail = "best",
+                    machine: BeamlineDescription | None = None) -> dict[str, Any]:
     """Progressive alignment of a misaligned simulated beamline; the ``align --json`` doc.
+
+    *machine*, if given, is the beamline that is really there (a reality gap: a mirror
+    off its design distance, a larger source); the agents and the references know only
+    *desc*, as on a real beamline. The verdict then still compares the final beam with
+    *desc*'s ideal: a beamline that cannot reach its design is reported as not aligned.
 
     Hidden errors sit on every motor (drawn at ``settings.misalign`` from *seed*),
     also on those no stage aligns. The final true beam at the sample is judged
@@ -104,13 +110,14 @@ def one_click_align(desc: BeamlineDescription, *, agent_name: str | None,
     make_agent(name)
     hidden = HiddenErrors.draw(desc, settings.misalign, seed)
     refs = References.of(desc, settings, seed, hidden)  # the ideal beamline, same rays
-    bl = TwinBeamline(desc, hidden=hidden, seed=seed, backend=settings.backend,
+    bl = TwinBeamline(machine or desc, hidden=hidden, seed=seed, backend=settings.backend,
                       rays=settings.rays, noise=settings.noise,
                       disturbances=settings.disturbances)
     kb = stages(desc).get("kb")
     sample = kb.diagnostic if kb is not None else desc.detector.name
     before = bl.ground_truth().reading(sample).stats
-    doc = align(desc, bl, lambda st: agent_for_stage(name, desc, st), stage_names=stage_names,
+    seen = bl if machine is None else _AsDescribed(bl, desc)  # agents know only desc
+    doc = align(desc, seen, lambda st: agent_for_stage(name, desc, st), stage_names=stage_names,
                 settings=settings, references=refs, seed=seed, progress=progress,
                 on_fail=on_fail)
     final = bl.ground_truth().reading(sample).stats
@@ -130,6 +137,18 @@ def one_click_align(desc: BeamlineDescription, *, agent_name: str | None,
             "verdict": verdict.to_dict(), "on_fail": on_fail,
             "stopped": doc.get("stopped"), "returned_to_start": doc.get("returned_to_start"),
             "backend": settings.backend, "rays": settings.rays}
+
+
+class _AsDescribed:
+    """A simulated beamline that tells agents the user's description, not the machine's
+    (``desc``): everything else is the machine's."""
+
+    def __init__(self, beamline: TwinBeamline, desc: BeamlineDescription) -> None:
+        self._beamline = beamline
+        self.desc = desc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._beamline, name)
 
 
 def beamline_aligned(final: BeamStats, ideal: BeamStats) -> bool:

@@ -366,7 +366,8 @@ def align(desc: BeamlineDescription, beamline: MovableBeamline,
     chosen = {n: agents(available[n]) for n in names}
     for n, agent in chosen.items():  # refuse before the first stage moves anything
         check_agent(agent, available[n])
-    if truth is None and isinstance(beamline, TwinBeamline):
+    simulated = callable(getattr(beamline, "ground_truth", None))  # the twin: truth is known
+    if truth is None and simulated:
         truth = references.true
     run_start = beamline.positions()
     touched: list[str] = []
@@ -385,9 +386,9 @@ def align(desc: BeamlineDescription, beamline: MovableBeamline,
                                    safety=settings.safety)
         touched.extend(m for m in st.motors if m not in touched)
         judge_truth = None
-        if truth is not None and isinstance(beamline, TwinBeamline):
+        if truth is not None and simulated:
             judge = Objective.at(st, truth)
-            judge_truth = (lambda j=judge: j.judge(beamline.ground_truth()))  # noqa: E731
+            judge_truth = (lambda j=judge: j.judge(beamline.ground_truth()))  # type: ignore[attr-defined]  # noqa: E731
         res = run_trial(agent, problem, seed + k, truth=judge_truth,
                         on_fail="best" if on_fail == "best" else "stay")
         out.append({"stage": n, "agent": agent.name, "motors": list(st.motors),

@@ -336,7 +336,8 @@ def _split(value: str | None) -> list[str] | None:
 
 align_options = [
     click.option("--seed", type=int, default=0, show_default=True,
-                 help="Seeds the hidden errors, rays and noise (trial k uses seed + k)."),
+                 help="Seeds the hidden errors, rays and noise (trial k uses seed + k; "
+                      "bench align draws one afresh when it is not given)."),
     click.option("--misalign", type=float, default=1.0, show_default=True,
                  help="Scale of the hidden errors (1: day one)."),
     click.option("--budget", type=int, default=100, show_default=True,
@@ -484,11 +485,20 @@ def bench_align_cmd(preset: str | None, agent_list: str, stage_name: str, trials
                     noise: bool, plot_path: str | None, as_json: bool) -> None:
     """Every agent on the same seeded misaligned beamlines, judged where it stops."""
 
+    drawn = click.get_current_context().get_parameter_source("seed") == \
+        click.core.ParameterSource.DEFAULT
+
     def body() -> None:
         from tqdm import tqdm
 
         from agents.bench import bench_align, plot_convergence
+        from agents.oneclick_bench import fresh_seed
 
+        nonlocal seed
+        if drawn:  # no --seed: trials on beamlines drawn afresh, never a fixed list
+            seed = fresh_seed()
+        if plot_path:
+            _check_writable(plot_path)
         desc = load_preset(preset)
         settings = _bench_settings(rays, budget, misalign, backend, noise)
         names = _split(agent_list) or []
@@ -503,6 +513,7 @@ def bench_align_cmd(preset: str | None, agent_list: str, stage_name: str, trials
 
         doc, raw = bench_align(desc, names, stage_name, trials=trials, seed=seed,
                                settings=settings, progress=progress)
+        doc["seed_drawn"] = drawn
         if plot_path:
             doc["plot"] = plot_convergence(raw, plot_path, title=f"stage {stage_name}, "
                                            f"{trials} trials, misalign {misalign:g}")

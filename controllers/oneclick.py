@@ -218,7 +218,9 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
         if progress_bar:
             from tqdm import tqdm
 
-            bar = tqdm(total=budget * len(st_list), desc="align", unit="eval", leave=False)
+            # the run's real budget: every stage's, and one recovery move each (--on-fail best)
+            bar = tqdm(total=(budget + (on_fail == "best")) * len(st_list), desc="align",
+                       unit="eval", leave=False)
 
         def on_stage(k: int, st: Stage, objective: Objective) -> None:
             reader.objective, reader.stage_index = objective, k

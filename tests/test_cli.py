@@ -168,6 +168,7 @@ def test_bench_align_json_contract(tmp_path):
     assert code == 0
     assert {"stage", "trials", "seed", "agents"} <= set(doc)
     assert doc["stage"] == "mono" and doc["trials"] == 2
+    assert doc["seed_drawn"] is True  # no --seed: beamlines drawn afresh
     for name in ("scan", "random"):
         a = doc["agents"][name]
         assert {"success_rate", "median_evaluations", "p90_evaluations", "final_flux_ratio",

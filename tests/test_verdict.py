@@ -205,3 +205,31 @@ def test_bench_oneclick_cli_json(tmp_path):
     code, err = invoke("bench", "oneclick", "--trials", "1", "--plot",
                        "/nonexistent-dir/x.png", "--json")
     assert code == 2 and "/nonexistent-dir" in err["error"]
+
+
+def test_a_reality_gap_is_not_reported_as_aligned(desc, monkeypatch):
+    """The machine's source is 30 % larger than its description says (no randomisation of
+    the twin covers that): the design focus is out of reach, and one-click must say so
+    rather than report success. The agents know only the description."""
+    from twin.description import Undulator
+
+    els = tuple(replace(e, emittance_x_pm=e.emittance_x_pm * 1.69,
+                        emittance_y_pm=e.emittance_y_pm * 1.69)
+                if isinstance(e, Undulator) else e for e in desc.elements)
+    machine = replace(desc, elements=els)
+    seen = []
+    import agents.registry as registry
+    from agents.bench import one_click_align
+
+    def spy(name, d, st):
+        seen.append(d)
+        return make_agent("steer")
+
+    monkeypatch.setattr(registry, "agent_for_stage", spy)
+    doc = one_click_align(desc, agent_name="steer", stage_names=["slits", "kb"], seed=4,
+                          settings=BenchSettings(rays=2000, budget=20), machine=machine)
+    assert seen and all(d is desc for d in seen)
+    assert doc["success"] is False and doc["exit_status"] == "fail"
+    assert any(f["stage"] == "run" and f["reason"] == "final_beam"
+               for f in doc["verdict"]["failures"])
+    assert doc["final"]["fwhm_y_um"] > 1.1 * doc["ideal"]["fwhm_y_um"]
