@@ -117,12 +117,18 @@ class ResponseSteering:
             if problem.remaining <= 2:
                 return best
             h = self.probe if u0[i] + self.probe <= 1.0 else -self.probe
-            u = u0.copy()
-            u[i] += h
-            ev = problem.evaluate(u)
-            r = obj.residuals(ev.observation)
-            if not np.all(np.isfinite(r)):
-                return best  # the probe lost the beam: leave it to the refinement
+            for side in (h, -h):  # a probe that loses the beam is tried the other way
+                if problem.remaining <= 2 or abs(u0[i] + side) > 1.0:
+                    return best
+                u = u0.copy()
+                u[i] += side
+                ev = problem.evaluate(u)
+                r = obj.residuals(ev.observation)
+                if np.all(np.isfinite(r)):
+                    h = side
+                    break
+            else:
+                return best  # lost both ways: leave it to the refinement
             jac[:, i] = (r - r0) / h
             if ev.judgement.looks_aligned(self.stop_fom, goal):
                 return ev
