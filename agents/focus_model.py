@@ -453,9 +453,23 @@ class FocusModel:
 
 def _trace(ft: Any, design: Mapping[str, float], rows: Sequence[Mapping[str, float]],
            seed: int) -> dict[str, dict[str, np.ndarray]]:
-    """The twin's noise-free readings with each row's motors moved from the design."""
+    """The twin's noise-free readings with each row's motors moved from the design.
+
+    A row beyond a motor's soft limits is traced at the limit: a solve that wanders
+    (e.g. led by a diagnostic off its landmark) asks the model, never a motor, to go
+    there, and the twin refuses positions beyond the limits (a one-click run at
+    misalign 1.5 ended in that LimitError)."""
+    desc = ft.desc
+
+    def clipped(r: Mapping[str, float]) -> dict[str, float]:
+        out = {}
+        for m, v in r.items():
+            spec = desc.motor(m)
+            out[m] = min(max(v, spec.low), spec.high)
+        return out
+
     with torch.no_grad():
-        return ft.to_numpy(ft.observe(ft.positions([{**design, **r} for r in rows]),
+        return ft.to_numpy(ft.observe(ft.positions([clipped({**design, **r}) for r in rows]),
                                       seed=seed))
 
 

@@ -21,9 +21,10 @@ import numpy as np
 from agents.harness import BenchSettings
 from agents.verdict import CRITERION_TEXT, OnFail
 from twin.description import BeamlineDescription
-from twin.errors import ConfigError
+from twin.errors import BeamtwinError, ConfigError
 
-__all__ = ["bench_oneclick", "summarise_runs", "wilson_ci95", "fresh_seed", "plot_oneclick"]
+__all__ = ["bench_oneclick", "summarise_runs", "wilson_ci95", "fresh_seed", "plot_oneclick",
+           "errored_run"]
 
 #: a trial: seed -> the run's ``align --json`` document
 TrialFn = Callable[[int], dict[str, Any]]
@@ -99,11 +100,25 @@ def _twin_trial(args: tuple[BeamlineDescription, str | None, int, BenchSettings,
 
     desc, agent, seed, settings, on_fail = args
     torch.set_num_threads(1)
-    doc = one_click_align(desc, agent_name=agent, stage_names=None, seed=seed,
-                          settings=settings, on_fail=on_fail)  # type: ignore[arg-type]
+    try:
+        doc = one_click_align(desc, agent_name=agent, stage_names=None, seed=seed,
+                              settings=settings, on_fail=on_fail)  # type: ignore[arg-type]
+    except BeamtwinError as exc:  # one trial's error is that trial's failure, with its seed
+        return errored_run(seed, exc)
     for st in doc["stages"]:
         st.pop("refusals", None)
     return doc
+
+
+def errored_run(seed: int, exc: BaseException) -> dict[str, Any]:
+    """The record of a run that an error ended: failed, with the error as its reason."""
+    detail = f"{type(exc).__name__}: {exc}"
+    return {"seed": seed, "success": False, "exit_status": "fail", "reason": "error",
+            "evaluations": 0, "moves": 0, "beamline_time_s": 0.0, "stages": [],
+            "error": detail,
+            "verdict": {"aligned": False, "exit_status": "fail", "reason": "error",
+                        "detail": detail, "failures": [{"stage": "run", "reason": "error",
+                                                        "detail": detail}]}}
 
 
 def bench_oneclick(desc: BeamlineDescription, *, trials: int, seed: int | None,
@@ -127,7 +142,11 @@ def bench_oneclick(desc: BeamlineDescription, *, trials: int, seed: int | None,
     trial_fn : callable, optional
         seed -> run document; default: one-click on the twin with *settings*.
     progress : callable, optional
-        Called with each finished run's document.
+        Called with each finished run's document (and first, when the seed is drawn,
+        with ``{"seed_drawn": base}``, so that a long run can be reproduced).
+
+    A trial that raises a :class:`~twin.errors.BeamtwinError` is recorded as a failed
+    run with reason ``error`` and its seed; the benchmark goes on.
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ConfigError(f"trials must be an integer >= 1, got {trials!r}")
@@ -143,9 +162,14 @@ def bench_oneclick(desc: BeamlineDescription, *, trials: int, seed: int | None,
     base = fresh_seed() if seed is None else seed
     seeds = [base + k for k in range(trials)]
     runs: list[dict[str, Any]] = []
+    if progress is not None and drawn:
+        progress({"seed_drawn": base})
     if trial_fn is not None:
         for s in seeds:
-            runs.append(trial_fn(s))
+            try:
+                runs.append(trial_fn(s))
+            except BeamtwinError as exc:
+                runs.append(errored_run(s, exc))
             if progress is not None:
                 progress(runs[-1])
     elif workers == 1:

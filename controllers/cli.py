@@ -590,6 +590,10 @@ def bench_oneclick_cmd(preset: str | None, trials: int, seed: int | None, misali
         aligned = [0]
 
         def progress(run: dict[str, Any]) -> None:
+            if "seed_drawn" in run:  # reproducible even if the run is cut short
+                click.echo(f"bench oneclick: base seed {run['seed_drawn']} (drawn afresh)",
+                           err=True)
+                return
             aligned[0] += bool(run["success"])
             bar.update(1)
             bar.set_postfix(aligned=f"{aligned[0]}/{bar.n}")

@@ -198,3 +198,18 @@ def test_the_model_agent_aligns_a_kb_on_xrt_in_a_few_evaluations(desc):
                       settings=BenchSettings(rays=5000, budget=40))
     assert res.success, res.final
     assert res.evaluations <= 12 and res.error is None
+
+
+def test_the_lever_model_traces_a_wandering_solve_at_the_limits(desc):
+    """A solve led astray asked the fast twin for kb_h.pitch = -519 urad (limits +-500):
+    the twin refused, and a one-click run at misalign 1.5 ended in a LimitError. The
+    model is traced at the limit instead; no motor is involved."""
+    from agents.focus_model import _trace
+    from twin.fast import FastTwin
+
+    ft = FastTwin(desc, rays=500)
+    design = desc.design_positions()
+    low = desc.motor("kb_h.pitch").low
+    beyond = _trace(ft, design, [{"kb_h.pitch": low - 19.0}], seed=0)
+    at = _trace(ft, design, [{"kb_h.pitch": low}], seed=0)
+    assert beyond["sample"]["flux"][0] == at["sample"]["flux"][0]

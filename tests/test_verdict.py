@@ -233,3 +233,21 @@ def test_a_reality_gap_is_not_reported_as_aligned(desc, monkeypatch):
     assert any(f["stage"] == "run" and f["reason"] == "final_beam"
                for f in doc["verdict"]["failures"])
     assert doc["final"]["fwhm_y_um"] > 1.1 * doc["ideal"]["fwhm_y_um"]
+
+
+def test_a_trial_that_raises_is_a_failed_run_with_its_seed(desc):
+    """A benchmark of 50 runs must not die with one run's error (a misalign-1.5 run once
+    ended in a LimitError and took the whole benchmark with it)."""
+    from twin.errors import LimitError
+
+    def trial(seed):
+        if seed == 11:
+            raise LimitError("motor kb_h.pitch: -519 urad is outside its soft limits")
+        return {"seed": seed, "success": True, "evaluations": 5, "beamline_time_s": 1.0,
+                "stages": [], "verdict": {"aligned": True, "failures": []}}
+
+    doc, runs = bench_oneclick(desc, trials=3, seed=10, settings=BenchSettings(),
+                               trial_fn=trial)
+    assert doc["aligned"] == 2 and doc["trials"] == 3
+    assert doc["failures"][0]["seed"] == 11 and doc["failures"][0]["reason"] == "error"
+    assert "LimitError" in doc["failures"][0]["detail"]
