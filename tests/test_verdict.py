@@ -80,8 +80,9 @@ def test_a_centroid_off_a_nano_focus_is_not_on_target(desc):
     off = obj.judge_stats(replace(REF, centroid_y_um=0.23))
     assert not off.success
     tx, ty = obj.centre_tolerances_um
-    assert tx == pytest.approx(0.25) and ty == pytest.approx(0.0225)
-    assert obj.judge_stats(replace(REF, centroid_y_um=0.02, centroid_x_um=0.2)).success
+    assert tx == pytest.approx(0.25) and ty == pytest.approx(0.1)
+    assert obj.judge_stats(replace(REF, centroid_y_um=0.09, centroid_x_um=0.2)).success
+    assert not obj.judge_stats(replace(REF, centroid_x_um=0.3)).success
 
 
 def test_wilson_interval():
