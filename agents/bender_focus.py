@@ -34,11 +34,6 @@ from twin.description import BeamlineDescription
 __all__ = ["BenderFocus", "vertex"]
 
 
-#: squared spot size (relative to the reference) above which a plane is far out of focus:
-#: 3x the reference FWHM, where the defocus, linear in the bender, dominates the size
-WALK_SIZE2 = 9.0
-
-
 class _Done(Exception):
     """The stage looks aligned, or the budget allows only the final measurement."""
 
@@ -69,19 +64,12 @@ class BenderFocus:
         Pitch step of the first trim, agent units; each further trim halves it.
     trims : int
         Pitch trims at most.
-    bend_walks : int
-        Further bender parabolas at most, each with twice the step, for a plane far out
-        of focus (over 3x the reference size) whose first parabola has not bracketed its
-        waist (a bender far from focus: the parabola's vertex is
-        clipped at two steps, and a pitch trim around a bender off its focus trades the
-        two and settles on the wrong pitch).
     stop_fom : float
     """
 
     bend_step: float = 0.06
     pitch_step: float = 0.12
     trims: int = 3
-    bend_walks: int = 3
     stop_fom: float = 0.95
 
     def continue_from(self, problem: AlignmentProblem, start: Evaluation,
@@ -117,8 +105,6 @@ class BenderFocus:
         #: per plane, the smallest squared size seen since the pitch last changed, and
         #: the bender setting that gave it
         waist: dict[str, tuple[float, float]] = {}
-        #: the planes whose last bender parabola did not bracket the waist
-        reach: set[str] = set()
 
         def note(ev: Evaluation) -> None:
             for p, a in axes.items():
@@ -126,26 +112,20 @@ class BenderFocus:
                 if p not in waist or w < waist[p][0]:
                     waist[p] = (w, float(ev.u[a["bend"]]))
 
-        def focus(centre: Evaluation, step: float,
-                  only: set[str] | None = None) -> Evaluation:
-            """One bender parabola per plane (those in *only*, default all), at once;
-            returns the evaluation at the vertices. Every evaluation at this pitch joins
-            ``waist``."""
+        def focus(centre: Evaluation, step: float) -> Evaluation:
+            """One bender parabola per plane, both at once; returns the evaluation at the
+            vertices. Every evaluation at this pitch joins ``waist``."""
             note(centre)
-            planes = {p: a for p, a in axes.items() if only is None or p in only}
             u0 = centre.u.copy()
             evs = []
             for sign in (-1.0, 1.0):
                 u = u0.copy()
-                for a in planes.values():
+                for a in axes.values():
                     u[a["bend"]] += sign * step
                 evs.append(take(u))
             u = u0.copy()
-            reach.clear()
-            for p, a in planes.items():
+            for p, a in axes.items():
                 y = np.array([size2(evs[0], p), size2(centre, p), size2(evs[1], p)])
-                if y[1] > WALK_SIZE2 and not y[1] <= min(y[0], y[2]):
-                    reach.add(p)  # far out of focus, and the waist lies beyond
                 b = u0[a["bend"]]
                 if np.all(np.isfinite(y)):
                     u[a["bend"]] = vertex(np.array([b - step, b, b + step]), y, step)
@@ -197,15 +177,7 @@ class BenderFocus:
 
         try:
             waist.clear()
-            # far from focus (a day-one bender), the waist can lie many steps away: walk
-            # the bender, doubling the step, until each plane's parabola brackets it
-            here, step = focus(start, self.bend_step), self.bend_step
-            for _ in range(self.bend_walks):
-                if not reach:
-                    break
-                step *= 2.0
-                here = focus(here, step, set(reach))
-            here = focus(here, self.bend_step / 3)
+            here = focus(focus(start, self.bend_step), self.bend_step / 3)
             slope = {p: 0.0 for p in axes}
             step = self.pitch_step
             for _ in range(self.trims):

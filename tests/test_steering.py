@@ -101,7 +101,7 @@ def test_the_bender_focus_finds_a_kb_focus_that_a_pitch_error_hides(desc, settin
     assert start.judgement.fwhm_y_ratio > 3
     best = BenderFocus().continue_from(prob, start, focusing_planes(desc, st))
     assert best.judgement.fwhm_y_ratio < 1.1 and best.judgement.fwhm_x_ratio < 1.1
-    assert prob.evaluations <= 50  # 46 with the bender walk (a bender 2 sigma off)
+    assert prob.evaluations <= 45
     prob.finish(best.u)
     truth = Objective.at(st, refs.true).judge(bl.ground_truth())
     assert truth.success, truth
