@@ -65,7 +65,9 @@ def main() -> None:
             "| optimiser s/eval | beamline time s |", "|---|---|---|---|---|---|---|---|---|"]
     docs = {}
     for stage, entry in kept.items():
-        results = {n: [TrialResult(**t) for t in trials]
+        derived = ("verdict", "reason")  # to_dict() adds them; the record rebuilds them
+        results = {n: [TrialResult(**{k: v for k, v in t.items() if k not in derived})
+                       for t in trials]
                    for n, trials in sorted(entry["agents"].items(),
                                            key=lambda kv: list(AGENTS).index(kv[0]))}
         summary = {n: summarise(r) for n, r in results.items()}
