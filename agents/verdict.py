@@ -154,6 +154,10 @@ def _misses(final: Mapping[str, Any]) -> str:
 def beam_meets(final: BeamStats | None, reference: BeamStats) -> tuple[bool, str]:
     """Whether the beam *final* at the sample meets the whole-beamline criterion.
 
+    The run's last judging diagnostic stands in for the sample when a run ends before
+    the KB (``--stages m1,mono,slits``): where the reference has no size there (an ion
+    chamber), the flux alone is judged.
+
     Returns
     -------
     ok : bool
@@ -170,7 +174,9 @@ def beam_meets(final: BeamStats | None, reference: BeamStats) -> tuple[bool, str
         out.append(f"flux {t:.3g} x the reference (needs >= {FLUX_FLOOR:g})")
     for plane, w, rw in (("x", final.fwhm_x_um, reference.fwhm_x_um),
                          ("y", final.fwhm_y_um, reference.fwhm_y_um)):
-        if not (math.isfinite(w) and math.isfinite(rw) and w <= SIZE_CAP * rw):
+        if not math.isfinite(rw):
+            continue  # a diagnostic that measures no size (an ion chamber): flux alone
+        if not (math.isfinite(w) and w <= SIZE_CAP * rw):
             out.append(f"FWHM {plane} {w:.3g} um against {rw:.3g} um (needs <= {SIZE_CAP:g} x)")
     return (not out), "; ".join(out)
 

@@ -52,6 +52,9 @@ def test_the_final_beam_decides_too():
     assert not beam_meets(replace(REF, flux=0.85e13), REF)[0]
     assert not beam_meets(replace(REF, fwhm_x_um=math.nan), REF)[0]
     assert not beam_meets(None, REF)[0]
+    chamber = BeamStats(flux=1e13)  # an ion chamber measures no size
+    assert beam_meets(BeamStats(flux=0.95e13), chamber)[0]
+    assert not beam_meets(BeamStats(flux=0.85e13), chamber)[0]
     aborted = run_verdict(stages, REF, REF, aborted="Ctrl-C")
     assert aborted.exit_status == "abort" and aborted.exit_code == EXIT_CODES["abort"] == 130
 
