@@ -22,7 +22,7 @@ from agents.objective import Judgement, Objective
 from agents.problem import AlignmentProblem, default_span
 from agents.safety import BudgetError, DivergenceError, SafetyConfig
 from agents.stages import Stage, ordered_stages, stage
-from agents.verdict import ON_FAIL, OnFail, StageVerdict, stage_verdict
+from agents.verdict import ON_FAIL, OnFail, StageVerdict, fmt3, stage_verdict
 from twin.description import BeamlineDescription
 from twin.errors import ConfigError
 from twin.hidden import HiddenErrors
@@ -257,11 +257,9 @@ class References:
         """Both references of *desc* at the settings' rays, backend and noise, for the
         beamline traced with ray seed *seed*.
 
-        With *hidden*, the source's motors are set where that beamline's source really
-        is (the undulator gap with its hidden offset): no stage moves them, and a gap
-        1 um off draws another Monte-Carlo sample of the same source, which alone moves
-        the flux and the focus size by 5 % rms at 5,000 rays and would judge that
-        sampling, not the alignment.
+        With *hidden*, the motors that set the source's draw (the undulator gap, the
+        Bragg angle) sit where that beamline really has them (:func:`source_positions`),
+        so that the references judge the alignment, not another Monte-Carlo sample.
         """
         source = source_positions(desc, hidden) if hidden is not None else None
         true = ideal_references(desc, rays=settings.rays, backend=settings.backend, seed=seed,
@@ -272,12 +270,11 @@ class References:
         return cls(measured, true)
 
 
-def source_positions(desc: BeamlineDescription, hidden: HiddenErrors,
-                     aligned: Sequence[str] = ()) -> dict[str, float]:
+def source_positions(desc: BeamlineDescription, hidden: HiddenErrors) -> dict[str, float]:
     """Where the motors that set the source's draw really are on a beamline with *hidden*
     errors, motor units (``design + offset``): the source's own motors (not the ring's
     knobs) and the Bragg angle of every monochromator (the source is drawn at the energy
-    the first one selects), except those in *aligned* (motors a stage moves).
+    the first one selects).
 
     A reference traced there shares the beamline's source: the same rays at the same
     energy. No one-click stage moves these motors; a gap 1 um off, or a Bragg angle
@@ -293,7 +290,7 @@ def source_positions(desc: BeamlineDescription, hidden: HiddenErrors,
               and e.motor("bragg") is not None]
     out = {}
     for name in names:
-        if name not in knobs and name not in aligned and hidden.offset(name) != 0.0:
+        if name not in knobs and hidden.offset(name) != 0.0:
             out[name] = desc.motor(name).position + hidden.offset(name)
     return out
 
@@ -307,8 +304,8 @@ def stage_trial(desc: BeamlineDescription, stage_name: str, agent: Agent, *, see
     beamline with the same rays (:class:`References`).
     """
     st = stage(desc, stage_name)
-    full = HiddenErrors.draw(desc, settings.misalign, seed)
     refs = References.of(desc, settings, seed)
+    full = HiddenErrors.draw(desc, settings.misalign, seed)
     hidden = HiddenErrors({m: v for m, v in full.offsets.items() if m in st.motors},
                           settings.misalign, seed)
     bl = TwinBeamline(desc, hidden=hidden, seed=seed, backend=settings.backend,
@@ -327,8 +324,7 @@ def align(desc: BeamlineDescription, beamline: MovableBeamline,
           settings: BenchSettings, references: References, seed: int,
           progress: Callable[[str], None] | None = None,
           on_stage: Callable[[int, Stage, Objective], None] | None = None,
-          stop_on_divergence: bool = False, on_fail: OnFail = "best",
-          truth: Mapping[str, BeamStats] | None = None) -> dict[str, Any]:
+          stop_on_divergence: bool = False, on_fail: OnFail = "best") -> dict[str, Any]:
     """Progressive alignment: each stage in order, on one beamline.
 
     Each stage stops when its criterion holds on the measurement (with a margin for
@@ -349,10 +345,9 @@ def align(desc: BeamlineDescription, beamline: MovableBeamline,
     why in ``stopped``.
 
     *on_stage* is called with each stage's index, the stage and its objective
-    before the stage starts (a run's recorder uses it). *truth*, in simulation,
-    holds the references that judge each stage on the true beam (default
-    ``references.true`` on a :class:`~twin.simulator.TwinBeamline`, none elsewhere:
-    a stage is then judged on its own final measurement).
+    before the stage starts (a run's recorder uses it). On a simulated beamline (one
+    with ``ground_truth``) each stage is judged on the true beam against
+    ``references.true``; elsewhere on its own final measurement.
 
     Returns the ``beamtwin align --json`` document (without ``ideal``/``final`` of
     the whole beamline, which the caller measures), with ``stages``, and
@@ -367,8 +362,6 @@ def align(desc: BeamlineDescription, beamline: MovableBeamline,
     for n, agent in chosen.items():  # refuse before the first stage moves anything
         check_agent(agent, available[n])
     simulated = callable(getattr(beamline, "ground_truth", None))  # the twin: truth is known
-    if truth is None and simulated:
-        truth = references.true
     run_start = beamline.positions()
     touched: list[str] = []
     out: list[dict[str, Any]] = []
@@ -386,8 +379,8 @@ def align(desc: BeamlineDescription, beamline: MovableBeamline,
                                    safety=settings.safety)
         touched.extend(m for m in st.motors if m not in touched)
         judge_truth = None
-        if truth is not None and simulated:
-            judge = Objective.at(st, truth)
+        if simulated:
+            judge = Objective.at(st, references.true)
             judge_truth = (lambda j=judge: j.judge(beamline.ground_truth()))  # type: ignore[attr-defined]  # noqa: E731
         res = run_trial(agent, problem, seed + k, truth=judge_truth,
                         on_fail="best" if on_fail == "best" else "stay")
@@ -395,7 +388,7 @@ def align(desc: BeamlineDescription, beamline: MovableBeamline,
                     "diagnostic": st.diagnostic, **res.to_dict()})
         v = res.verdict
         say(f"  -> {'aligned' if v.aligned else 'NOT aligned'} in {res.evaluations} "
-            f"evaluations, fom {_fmt3(res.final['fom'])}"
+            f"evaluations, fom {fmt3(res.final['fom'])}"
             + ("" if v.aligned else f" ({v.reason}: {v.detail})"))
         if stop_on_divergence and v.reason == "diverged":
             say(f"stage {n} diverged: the alignment stops here")
@@ -432,8 +425,3 @@ def return_to(beamline: MovableBeamline, start: Mapping[str, float], axes: Seque
         envelope = {m: (infos[m].low, infos[m].high) for m in back}
         SafeBeamline(beamline, envelope, safety).move_stepwise({m: start[m] for m in back})
     return back
-
-
-def _fmt3(v: Any) -> str:
-    """Three significant figures for people ("—" for a missing value)."""
-    return "—" if not isinstance(v, float | int) or not math.isfinite(v) else f"{v:.3g}"

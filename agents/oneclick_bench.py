@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.bench import _pct
 from agents.harness import BenchSettings
 from agents.verdict import CRITERION_TEXT, OnFail
 from twin.description import BeamlineDescription
@@ -45,10 +46,6 @@ def wilson_ci95(successes: int, n: int) -> tuple[float, float]:
     mid = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
     return max(0.0, mid - half), min(1.0, mid + half)
-
-
-def _pct(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if len(values) else None
 
 
 def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:

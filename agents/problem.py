@@ -135,7 +135,6 @@ class AlignmentProblem:
         self._below = 0
         self.finished: Evaluation | None = None
         self._recovering = False
-        self.recovered = False  # whether recover() moved the stage to another point
         self.eval_wall_s = 0.0  # wall time spent moving and acquiring
 
     # ------------------------------------------------------------------ coordinates
@@ -234,7 +233,6 @@ class AlignmentProblem:
             self.finished = self.evaluate(u)
         finally:
             self._recovering = False
-        self.recovered = True
         return self.finished
 
     def return_to_start(self) -> None:

@@ -44,7 +44,7 @@ from agents.objective import FLUX_FLOOR, SIZE_CAP
 from twin.observation import BeamStats
 
 __all__ = ["REASONS", "EXIT_CODES", "ON_FAIL", "OnFail", "StageVerdict", "RunVerdict",
-           "stage_verdict", "beam_meets", "run_verdict", "CRITERION_TEXT"]
+           "stage_verdict", "beam_meets", "run_verdict", "CRITERION_TEXT", "fmt3"]
 
 #: why a stage or run is not aligned (see the module docstring)
 REASONS = ("budget_spent", "no_beam", "diverged", "safety_refusal", "converged_below",
@@ -62,6 +62,11 @@ ON_FAIL: tuple[OnFail, ...] = ("best", "start", "stay")
 #: the whole-beamline criterion, as the JSON documents state it
 CRITERION_TEXT = (f"at the sample: flux >= {FLUX_FLOOR:g} x the reference and each FWHM <= "
                   f"{SIZE_CAP:g} x the reference; and every stage met its own criterion")
+
+
+def fmt3(v: Any) -> str:
+    """A number for people: three significant figures ("—" when missing or not finite)."""
+    return "—" if not isinstance(v, float | int) or not math.isfinite(v) else f"{v:.3g}"
 
 
 @dataclass(frozen=True)
@@ -110,8 +115,6 @@ def stage_verdict(*, success: bool, error: str | None, evaluations: int, budget:
     flux = final.get("flux_ratio")
     if err.startswith("DivergenceError"):
         return StageVerdict(False, "diverged", err)
-    if err.startswith("Aborted") or err.startswith("KeyboardInterrupt"):
-        return StageVerdict(False, "aborted", err)
     if err.startswith("BudgetError") and ("move budget" in err or "beamline-time" in err):
         return StageVerdict(False, "safety_refusal", err)
     if err and not err.startswith("BudgetError"):

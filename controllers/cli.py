@@ -429,20 +429,15 @@ def align_cmd(preset: str | None, agent: str | None, stages: str | None, seed: i
     _run(as_json, body)
 
 
-def _g3(v: Any, unit: str = "") -> str:
-    """A number for people: three significant figures ("—" when missing)."""
-    if not isinstance(v, float | int) or not math.isfinite(v):
-        return "—"
-    return f"{v:.3g}{unit}"
-
-
 def _align_text(doc: dict[str, Any]) -> str:
+    from agents.verdict import fmt3
+
     lines = []
     for s in doc["stages"]:
         v = s.get("verdict") or {"aligned": s["success"], "reason": None, "detail": ""}
         mark = "ok " if v["aligned"] else "NOT"
         line = (f"{s['stage']:>7}: {mark} {s['evaluations']:>4} evaluations, "
-                f"fom {_g3(s['final'].get('fom'))}")
+                f"fom {fmt3(s['final'].get('fom'))}")
         if not v["aligned"]:
             line += f"  [{v['reason']}: {v['detail']}]"
         lines.append(line)
@@ -453,12 +448,12 @@ def _align_text(doc: dict[str, Any]) -> str:
     verdict = doc.get("verdict") or {}
     head = "ALIGNED" if doc["success"] else f"NOT aligned ({verdict.get('reason')})"
     lines.append(f"{head}: {doc['evaluations']} evaluations, {doc['moves']} moves, "
-                 f"{_g3(doc['beamline_time_s'])} s of beamline time")
+                 f"{fmt3(doc['beamline_time_s'])} s of beamline time")
     if f is not None:
-        lines.append(f"  at {doc.get('observed_at', 'the sample')}: flux {_g3(f['flux'])} ph/s "
-                     f"({_g3(doc.get('final_flux_ratio'))} x the reference), FWHM "
-                     f"{_g3(f['fwhm_x_um'])} x {_g3(f['fwhm_y_um'])} um (reference "
-                     f"{_g3(i['fwhm_x_um'])} x {_g3(i['fwhm_y_um'])})")
+        lines.append(f"  at {doc.get('observed_at', 'the sample')}: flux {fmt3(f['flux'])} ph/s "
+                     f"({fmt3(doc.get('final_flux_ratio'))} x the reference), FWHM "
+                     f"{fmt3(f['fwhm_x_um'])} x {fmt3(f['fwhm_y_um'])} um (reference "
+                     f"{fmt3(i['fwhm_x_um'])} x {fmt3(i['fwhm_y_um'])})")
     if not doc["success"] and verdict.get("detail"):
         lines.append(f"  why: {verdict['detail']}")
     if doc.get("returned_to_start"):
@@ -613,18 +608,20 @@ def bench_oneclick_cmd(preset: str | None, trials: int, seed: int | None, misali
             doc["runs_file"] = runs_path
 
         def text() -> str:
+            from agents.verdict import fmt3
+
             lo, hi = doc["success_ci95"]
             lines = [f"{doc['aligned']} of {doc['trials']} aligned ({doc['success_rate']:.0%}, "
                      f"95 % CI {lo:.0%}-{hi:.0%}); evaluations median "
-                     f"{_g3(doc['median_evaluations'])}, p90 {_g3(doc['p90_evaluations'])}; "
-                     f"beamline time median {_g3(doc['median_beamline_time_s'])} s "
+                     f"{fmt3(doc['median_evaluations'])}, p90 {fmt3(doc['p90_evaluations'])}; "
+                     f"beamline time median {fmt3(doc['median_beamline_time_s'])} s "
                      f"(seeds {doc['seed']}..{doc['seed'] + trials - 1})",
                      f"{'stage':>8} aligned  median  p90  failures"]
             for n, st in doc["stages"].items():
                 fails = ", ".join(f"{k} {v}" for k, v in st["failures"].items()) or "-"
                 lines.append(f"{n:>8} {st['aligned']:>3}/{st['runs']:<3} "
-                             f"{_g3(st['median_evaluations']):>6} "
-                             f"{_g3(st['p90_evaluations']):>4}  {fails}")
+                             f"{fmt3(st['median_evaluations']):>6} "
+                             f"{fmt3(st['p90_evaluations']):>4}  {fails}")
             return "\n".join(lines)
 
         _emit(as_json, doc, text)
