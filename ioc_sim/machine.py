@@ -100,6 +100,9 @@ class SimulatedMachine:
         self.beam_lost = False
         #: motor setpoints refused at the IOC (outside the soft limits, or not finite)
         self.refused_setpoints = 0
+        #: motion commands received by the motor records (VAL, DVAL, RLV, tweaks,
+        #: homing, STOP, SPMG), accepted or refused
+        self.motion_puts = 0
         #: the neighbouring insertion device's gap (mm) and the direction it last moved
         self.neighbour_gap_mm = desc.disturbances.source_gap.neighbour_gap_mm
         self.neighbour_direction = 1

@@ -13,6 +13,10 @@ Model
 * Backlash correction (motor record BDST, BVEL): when a move runs against the
   sign of BDST, the motor first goes to ``target - bdst`` at VELO, then makes the
   final approach of ``bdst`` at BVEL, so every move ends in BDST's direction.
+  The motor record checks only the target against its soft limits, so a move to
+  a limit could take its backlash point past it. Here the backlash point is
+  clipped to the soft limits the caller passes: a move to a limit makes a
+  shorter final approach, and no position is ever beyond the soft limits.
 * Lost motion: the mechanics lose ``mechanical_backlash`` of travel when a move
   *ends* in the negative direction; the load then sits that far below the motor
   until the next move that ends in the positive direction. With BDST equal to
@@ -186,11 +190,24 @@ class AxisMotion:
         """*target* rounded to a whole number of motor steps."""
         return round(target / self.resolution) * self.resolution
 
-    def move_to(self, target: float, t: float) -> float:
+    def move_to(self, target: float, t: float,
+                bounds: tuple[float, float] | None = None) -> float:
         """Start a move to dial *target* at time *t*; returns the quantised target.
 
         A move requested while moving first decelerates to rest, then goes on.
+
+        Parameters
+        ----------
+        target : float
+            Dial position to go to; the caller has checked it against *bounds*.
+        t : float
+            Time of the request, s.
+        bounds : (float, float), optional
+            Dial soft limits (low, high). The backlash approach point is clipped
+            to them, so no part of the move goes beyond a limit. Without them,
+            the hardware travel.
         """
+        lo, hi = bounds if bounds is not None else (self.travel_low, self.travel_high)
         target = self.quantise(target)
         p, v = self.state(t)
         self.hit_low = self.hit_high = False
@@ -206,7 +223,8 @@ class AxisMotion:
             self.segments = segments
             return target
         if self.bdst != 0 and direction != (1 if self.bdst > 0 else -1):
-            via = target - self.bdst
+            # never beyond a soft limit: a move to the limit approaches less far
+            via = min(max(target - self.bdst, min(lo, target)), max(hi, target))
             first = Segment(t_start, p, via, self.velocity, accel)
             segments.append(first)
             t_start += first.duration

@@ -51,8 +51,22 @@ Behaviour, as the motor record's:
   infinite setpoint is refused: LVIO = 1 and the put fails with a CA error.
 * A new setpoint during a move makes the motor decelerate to rest and go on to
   the new target; every pending put-with-completion returns when it is done.
-* Read-only fields refuse writes with a CA error; VELO, ACCL, BVEL must be
-  finite and > 0 and BDST, RDBD finite, or the put fails.
+* No position is ever beyond the soft limits: the backlash approach of a move
+  to a limit is clipped to it (:meth:`ioc_sim.motion.AxisMotion.move_to`).
+* Read-only fields refuse writes with a CA error. Every writable configuration
+  field is bounded, so no put can leave the record inconsistent; a put outside
+  its bound fails with a CA error and one log line naming the value and the
+  bound (see :data:`FIELD_BOUNDS_DOC`):
+
+  - VELO, BVEL: finite, ``0 < v <= VMAX`` (VMAX is 10x the description's speed);
+  - ACCL: ``0.001 <= ACCL <= 60`` s;
+  - BDST: ``|BDST| <= 10 %`` of the design range; RDBD, ``|TWV|``: within it;
+  - OFF: ``|OFF| <= 1e6`` design ranges, so user and dial coordinates stay
+    resolvable to one motor step;
+  - HLM, LLM, DHLM, DLLM: finite, within the hardware travel, and the low
+    limit never above the high one (the motor record accepts DLLM > DHLM and
+    raises LVIO; here the put fails). DHLM = DLLM = 0 keeps the motor record's
+    meaning, no soft limits, which the controllers refuse to drive.
 """
 
 from __future__ import annotations
@@ -68,7 +82,26 @@ from ioc_sim.motion import AxisMotion
 from ioc_sim.pvs import enum_pv, float_pv, int_pv, string_pv
 from twin.description import MotorSpec
 
-__all__ = ["MotorRecord", "MSTA_BITS"]
+__all__ = ["MotorRecord", "MSTA_BITS", "FIELD_BOUNDS_DOC", "VMAX_FACTOR"]
+
+#: VMAX, the highest VELO and BVEL a client may set, as a multiple of the
+#: description's slew speed
+VMAX_FACTOR = 10.0
+#: ACCL bounds, s
+ACCL_RANGE_S = (1e-3, 60.0)
+#: the largest |BDST|, as a fraction of the design range
+BDST_FRACTION = 0.1
+#: the largest |OFF|, in design ranges
+OFF_RANGES = 1e6
+
+FIELD_BOUNDS_DOC = {
+    "VELO": "0 < VELO <= VMAX", "BVEL": "0 < BVEL <= VMAX",
+    "ACCL": f"{ACCL_RANGE_S[0]} <= ACCL <= {ACCL_RANGE_S[1]} s",
+    "BDST": f"|BDST| <= {BDST_FRACTION:g} x design range",
+    "RDBD": "0 <= RDBD <= design range", "TWV": "|TWV| <= design range",
+    "OFF": f"|OFF| <= {OFF_RANGES:g} x design range",
+    "HLM/LLM/DHLM/DLLM": "within the hardware travel, low <= high",
+}
 
 #: motor record MSTA bit values used here
 MSTA_BITS = {"DIRECTION": 1 << 0, "DONE": 1 << 1, "PLUS_LS": 1 << 2, "POSITION": 1 << 5,
@@ -191,6 +224,7 @@ class MotorRecord(PVGroup):
         await self.prec.write(prec, verify_value=False)
         await self.desc.write((s.description or self.motor)[:39], verify_value=False)
         await self.mres.write(s.resolution, verify_value=False)
+        await self.vmax.write(VMAX_FACTOR * s.speed, verify_value=False)
         await self.velo.write(a.velocity, verify_value=False)
         await self.accl.write(a.accel_s, verify_value=False)
         await self.bdst.write(a.bdst, verify_value=False)
@@ -226,6 +260,22 @@ class MotorRecord(PVGroup):
         lo, hi = self._sign * self.dllm.value, self._sign * self.dhlm.value
         lo, hi = min(lo, hi), max(lo, hi)
         return lo + self.off.value, hi + self.off.value
+
+    def _dial_bounds(self) -> tuple[float, float] | None:
+        """Dial soft limits (low, high); None where DLLM = DHLM = 0 (none)."""
+        lo, hi = self.dllm.value, self.dhlm.value
+        return None if lo == 0 and hi == 0 else (lo, hi)
+
+    @property
+    def _range(self) -> float:
+        """The design range of the axis, EGU."""
+        return self.spec.high - self.spec.low
+
+    def _bad_field(self, field: str, value: object, allowed: str) -> ValueError:
+        """One log line and a typed error for a configuration put refused."""
+        msg = f"{self.prefix}.{field}: {value!r} refused; allowed: {allowed}"
+        self.log.warning("%s", msg)
+        return ValueError(msg)
 
     def _within(self, dial: float) -> bool:
         lo, hi = self.dllm.value, self.dhlm.value
@@ -280,7 +330,7 @@ class MotorRecord(PVGroup):
     async def _start(self, dial_target: float) -> float:
         """Start a move to *dial_target* (already checked); returns the quantised target."""
         now = self.machine.now()
-        target = self.axis.move_to(dial_target, now)
+        target = self.axis.move_to(dial_target, now, bounds=self._dial_bounds())
         await self.dval.write(target, verify_value=False)
         await self.dmov.write(0, verify_value=False)
         await self._publish_status(moving=True)
@@ -337,6 +387,7 @@ class MotorRecord(PVGroup):
 
     async def _request(self, user_target: float) -> float:
         """Validate and execute a user-coordinate setpoint; returns the VAL to keep."""
+        self.machine.motion_puts += 1
         if not math.isfinite(user_target):
             await self._refuse(user_target, "not a finite number")
         if self.set_use.value == "Set":
@@ -442,6 +493,7 @@ class MotorRecord(PVGroup):
 
     @stop.putter
     async def stop(self, instance, value):
+        self.machine.motion_puts += 1
         if value:
             await self._halt()
         return 0
@@ -453,6 +505,7 @@ class MotorRecord(PVGroup):
 
     @spmg.putter
     async def spmg(self, instance, value):
+        self.machine.motion_puts += 1
         if value in ("Stop", "Pause"):
             end = self.axis.stop(self.machine.now())
             if value == "Stop":
@@ -468,9 +521,8 @@ class MotorRecord(PVGroup):
 
     @off.putter
     async def off(self, instance, value):
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"{self.prefix}.OFF: {value!r} is not a finite number")
+        most = OFF_RANGES * self._range
+        value = self._bounded("OFF", value, -most, most, low_open=False)
         await self._recompute_user(offset=value)
         return value
 
@@ -501,61 +553,87 @@ class MotorRecord(PVGroup):
         raise SkipWrite()
 
     async def _user_limit(self, value: float, *, high: bool) -> None:
+        field = "HLM" if high else "LLM"
         if not math.isfinite(value):
-            raise ValueError(f"{self.prefix}: limit {value!r} is not a finite number")
+            raise self._bad_field(field, value, "a finite number")
         dial = self._dial(value)
         # with DIR = Neg the user high limit is the dial low limit
-        if high == (self._sign > 0):
-            await self.dhlm.write(dial, verify_value=False)
-        else:
-            await self.dllm.write(dial, verify_value=False)
+        dial_high = high == (self._sign > 0)
+        self._check_dial_limit(field, value, dial, high=dial_high)
+        await (self.dhlm if dial_high else self.dllm).write(dial, verify_value=False)
         await self._publish_limits()
+
+    def _check_dial_limit(self, field: str, value: float, dial: float, *, high: bool) -> None:
+        """Refuse a dial limit outside the hardware travel, or one that crosses
+        the other limit."""
+        a = self.axis
+        if not a.travel_low <= dial <= a.travel_high:
+            raise self._bad_field(field, value, f"a dial limit within the hardware travel "
+                                  f"[{a.travel_low:.6g}, {a.travel_high:.6g}]")
+        lo, hi = (self.dllm.value, dial) if high else (dial, self.dhlm.value)
+        if lo > hi and not (lo == 0 and hi == 0):
+            other = "DLLM" if high else "DHLM"
+            raise self._bad_field(field, value, f"a dial limit {'>=' if high else '<='} "
+                                  f"{other} = {(lo if high else hi):.6g}")
 
     @dhlm.putter
     async def dhlm(self, instance, value):
-        return await self._dial_limit(instance, float(value))
+        return await self._dial_limit(instance, float(value), high=True)
 
     @dllm.putter
     async def dllm(self, instance, value):
-        return await self._dial_limit(instance, float(value))
+        return await self._dial_limit(instance, float(value), high=False)
 
-    async def _dial_limit(self, instance, value: float) -> float:
+    async def _dial_limit(self, instance, value: float, *, high: bool) -> float:
+        field = "DHLM" if high else "DLLM"
         if not math.isfinite(value):
-            raise ValueError(f"{self.prefix}: limit {value!r} is not a finite number")
+            raise self._bad_field(field, value, "a finite number")
+        self._check_dial_limit(field, value, value, high=high)
         await instance.write(value, verify_value=False)
         await self._publish_limits()
         return value
 
     @velo.putter
     async def velo(self, instance, value):
-        self.axis.velocity = self._positive("VELO", value)
+        self.axis.velocity = self._speed("VELO", value)
         return self.axis.velocity
 
     @accl.putter
     async def accl(self, instance, value):
-        self.axis.accel_s = self._positive("ACCL", value)
+        self.axis.accel_s = self._bounded("ACCL", value, *ACCL_RANGE_S, low_open=False)
         return self.axis.accel_s
 
     @bvel.putter
     async def bvel(self, instance, value):
-        self.axis.bvel = self._positive("BVEL", value)
+        self.axis.bvel = self._speed("BVEL", value)
         return self.axis.bvel
 
     @bdst.putter
     async def bdst(self, instance, value):
-        if not math.isfinite(value):
-            raise ValueError(f"{self.prefix}.BDST: {value!r} is not a finite number")
-        self.axis.bdst = float(value)
-        return value
+        most = BDST_FRACTION * self._range
+        self.axis.bdst = self._bounded("BDST", value, -most, most, low_open=False)
+        return self.axis.bdst
 
     @rdbd.putter
     async def rdbd(self, instance, value):
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{self.prefix}.RDBD must be finite and >= 0, got {value!r}")
-        return value
+        return self._bounded("RDBD", value, 0.0, self._range, low_open=False)
 
-    def _positive(self, field: str, value: float) -> float:
-        value = float(value)
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{self.prefix}.{field} must be a finite number > 0, got {value!r}")
-        return value
+    @twv.putter
+    async def twv(self, instance, value):
+        return self._bounded("TWV", value, -self._range, self._range, low_open=False)
+
+    def _speed(self, field: str, value: float) -> float:
+        return self._bounded(field, value, 0.0, self.vmax.value, low_open=True)
+
+    def _bounded(self, field: str, value: object, lo: float, hi: float, *,
+                 low_open: bool) -> float:
+        """*value* as a float within [lo, hi] (or (lo, hi]), else a typed error."""
+        try:
+            v = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            v = math.nan
+        ok = math.isfinite(v) and (lo < v if low_open else lo <= v) and v <= hi
+        if not ok:
+            raise self._bad_field(field, value, f"a finite number {'>' if low_open else '>='} "
+                                  f"{lo:.6g} and <= {hi:.6g}")
+        return v

@@ -173,7 +173,7 @@ def test_writes_outside_the_allowlist_never_leave_the_client(ioc, epics, bl):
 
 # --------------------------------------------------------------------------- R2: limits
 @pytest.mark.parametrize("dllm, dhlm, why", [(0.0, 0.0, "no soft limits"),
-                                              (5.0, -5.0, "no range")])
+                                              (5.0, 5.0, "no range")])
 def test_axis_without_usable_limits_refuses_to_start(dllm, dhlm, why, ioc, epics, desc):
     from agents.stages import stage
     from controllers.oneclick import PreflightError, dry_run
