@@ -28,6 +28,7 @@ Units: um, urad, %, mm, s.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -158,12 +159,12 @@ class EpicsStabilizer:
             "sx": f"{sb}PosX_RBV", "sy": f"{sb}PosY_RBV", "wx": f"{sb}SigmaX_RBV",
             "wy": f"{sb}SigmaY_RBV", "uid": f"{sb}UniqueId_RBV",
             "bx": f"{bb}PosX_RBV", "by": f"{bb}PosY_RBV", "enable": f"{stab}Enable"}
-        self.status = {k: f"{stab}{k}" for k in (
-            "Running_RBV", "Corrector_RBV", "LoopRate_RBV", "Periods_RBV", "ResidualX_RBV",
-            "ResidualY_RBV", "SizeResidual_RBV", "Refused_RBV", "Message_RBV")}
-        allow = {pvmap.motor_field(k, "VAL") for k in KNOBS} | set(self.status.values())
+        #: the loop's one status input: a JSON report the IOC checks and publishes
+        #: as the read-only stab:*_RBV PVs
+        self.report_pv = f"{stab}Report"
+        allow = {pvmap.motor_field(k, "VAL") for k in KNOBS} | {self.report_pv}
         self.ca = Channels(allow, timeout=self.settings.connect_timeout_s)
-        self.ca.connect([*self.pv.values(), *self.status.values(),
+        self.ca.connect([*self.pv.values(), self.report_pv,
                          *(pvmap.motor_field(k, f) for k in KNOBS
                            for f in ("VAL", "RBV", "LLM", "HLM", "MRES", "VELO"))],
                         self.settings.connect_timeout_s)
@@ -208,8 +209,8 @@ class EpicsStabilizer:
         dt = 1.0 / self.settings.rate_hz
         base = self._baseline(max(5.0, 10 * self.settings.status_period_s))
         self.corrector.reset()
-        self.ca.put(self.status["Running_RBV"], 1)
-        self.ca.put(self.status["Corrector_RBV"], self.corrector.name)
+        self._report({"running": 1, "corrector": self.corrector.name[:39], "periods": 0,
+                      "refused": 0})
         prev_gap, prev_nb = base["gap"], base["neighbour"]
         g_dir = n_dir = 1
         last_uid = base["uid"]
@@ -271,8 +272,8 @@ class EpicsStabilizer:
         finally:
             elapsed = time.monotonic() - t_start
             try:  # the last word: counts, residuals and the last refusal
-                self._publish(self.periods / elapsed if elapsed > 0 else 0.0, window, message)
-                self.ca.put(self.status["Running_RBV"], 0)
+                self._publish(self.periods / elapsed if elapsed > 0 else 0.0, window, message,
+                              running=0)
             except BeamtwinError:  # pragma: no cover - the IOC went away
                 pass
         here = self.knobs.positions()
@@ -309,17 +310,23 @@ class EpicsStabilizer:
             return str(exc)[:39]  # a string PV holds 40 characters
         return None
 
-    def _publish(self, rate: float, window: list[np.ndarray], message: str) -> None:
+    def _publish(self, rate: float, window: list[np.ndarray], message: str, *,
+                 running: int = 1) -> None:
         w = np.asarray(window) if window else np.full((1, 4), math.nan)
         rms = np.sqrt(np.nanmean(w ** 2, axis=0)) if window else w[0]
-        for key, value in (("LoopRate_RBV", rate), ("Periods_RBV", self.periods),
-                           ("ResidualX_RBV", rms[0]), ("ResidualY_RBV", rms[1]),
-                           ("SizeResidual_RBV", rms[3]), ("Refused_RBV", self.refused)):
-            if isinstance(value, float) and not math.isfinite(value):
-                continue
-            self.ca.put(self.status[key], value)
+        doc: dict[str, Any] = {"running": running, "periods": int(self.periods),
+                               "refused": int(self.refused)}
+        for key, value in (("rate", rate), ("res_x", rms[0]), ("res_y", rms[1]),
+                           ("res_size", rms[3])):
+            if math.isfinite(value):
+                doc[key] = float(value)
         if message:
-            self.ca.put(self.status["Message_RBV"], message)
+            doc["message"] = message.encode()[:39].decode(errors="ignore")
+        self._report(doc)
+
+    def _report(self, doc: dict[str, Any]) -> None:
+        """Write one status report to ``{P}stab:Report`` (the IOC publishes it)."""
+        self.ca.put(self.report_pv, json.dumps(doc, separators=(",", ":")))
 
     def close(self) -> None:
         """Disconnect."""

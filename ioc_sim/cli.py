@@ -8,15 +8,20 @@ the TCP port and the number of PVs) and one when it stops (``"event": "stopped"`
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import json
 import logging
 import os
+import socket
+import sys
+import threading
 import time
 
 import click
 
 from ioc_sim.names import SERVER_NAMES
-from twin.cliutil import emit, jsonable, run_command
+from twin.cliutil import SEED, emit, jsonable, run_command
 from twin.errors import ConfigError
 from twin.presets import load_preset
 
@@ -32,7 +37,7 @@ __all__ = ["ioc_command"]
 @click.option("--rays", type=int, default=20_000, show_default=True, help="Rays per trace.")
 @click.option("--misalign", type=float, default=0.0, show_default=True,
               help="Scale of the hidden errors (0: ideal, 1: day one), as in twin trace.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seeds rays, hidden errors, disturbances and noise.")
 @click.option("--disturbances/--no-disturbances", default=True, show_default=True,
               help="Drift, vibration, gap-dependent source, ring decay and top-up.")
@@ -72,8 +77,7 @@ def ioc_command(preset: str | None, prefix: str, backend: str, rays: int, misali
             if not 1024 <= port <= 65535:
                 raise ConfigError(f"--port must be within [1024, 65535], got {port}")
             os.environ["EPICS_CA_SERVER_PORT"] = str(port)
-        if isinstance(seed, int) and seed < 0:
-            raise ConfigError(f"--seed must be >= 0, got {seed}")
+        check_interfaces(interfaces, port)
         desc = load_preset(preset)
         config = MachineConfig(backend=backend, rays=rays, misalign=misalign, seed=seed,
                                disturbances=disturbances, noise=noise)
@@ -93,17 +97,53 @@ def ioc_command(preset: str | None, prefix: str, backend: str, rays: int, misali
                  lambda: "\n".join(f"{r.name:<45} {r.access:<2} {r.dtype:<7} {r.units:<6} "
                                    f"{r.doc}" for r in rows))
             return
-        _serve(ioc, desc.name, preset, interfaces, ca_server, as_json)
+        _serve(ioc, desc.name, preset, interfaces, ca_server, as_json, port)
 
     run_command(as_json, body)
 
 
+def check_interfaces(interfaces: tuple[str, ...], port: int | None) -> None:
+    """Refuse, before anything starts, an interface that is not an IPv4 address of
+    this machine, and a --port that another server holds on it.
+
+    Raises
+    ------
+    ConfigError
+        Naming the interface or port, and why.
+    """
+    for interface in interfaces:
+        try:
+            ipaddress.IPv4Address(interface)
+        except ValueError:
+            raise ConfigError(f"--interface {interface!r} is not an IPv4 address "
+                              f"(e.g. 127.0.0.1, or 0.0.0.0 for all)") from None
+    for interface in interfaces or ("0.0.0.0",):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # as a server binds: a port held only by closed connections is free
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((interface, port or 0))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE and port is not None:
+                    raise ConfigError(f"--port {port} is taken on {interface}: another server "
+                                      f"(an IOC?) listens there. Stop it, or choose another "
+                                      f"--port") from None
+                raise ConfigError(f"--interface {interface!r} cannot be served: "
+                                  f"{exc.strerror or exc} (not an address of this machine?)"
+                                  ) from None
+
+
 def _serve(ioc, beamline: str, preset: str | None, interfaces: tuple[str, ...], server: str,
-           as_json: bool) -> None:
+           as_json: bool, port: int | None = None) -> None:
     from ioc_sim.server import run_forever
 
     logging.getLogger("caproto").setLevel(logging.ERROR)
     started = time.monotonic()
+
+    def say(line: str) -> None:
+        # the process's own stdout: xrt's tracer swallows sys.stdout while a trace runs
+        # in a worker thread, and a line printed then would be lost
+        click.echo(line, file=sys.__stdout__)
     cfg = ioc.machine.config
 
     def ready(port: int) -> None:
@@ -112,15 +152,22 @@ def _serve(ioc, beamline: str, preset: str | None, interfaces: tuple[str, ...], 
                "backend": cfg.backend, "rays": cfg.rays, "misalign": cfg.misalign,
                "seed": cfg.seed, "ca_server": server, "pid": os.getpid()}
         if as_json:
-            click.echo(json.dumps(doc), nl=True)
+            say(json.dumps(doc))
         else:
-            click.echo(f"beamtwin IOC serving {doc['pvs']} PVs of {beamline!r} under "
-                       f"{ioc.prefix!r} on port {port} (backend {cfg.backend}, "
-                       f"{cfg.rays} rays); Ctrl-C stops it")
+            say(f"beamtwin IOC serving {doc['pvs']} PVs of {beamline!r} under "
+                f"{ioc.prefix!r} on port {port} (backend {cfg.backend}, {cfg.rays} rays); "
+                f"Ctrl-C stops it")
 
-    run_forever(ioc, interfaces=list(interfaces) or None, on_ready=ready, server=server)
+    run_forever(ioc, interfaces=list(interfaces) or None, on_ready=ready, server=server,
+                port=port)
     doc = {"event": "stopped", "prefix": ioc.prefix,
            "uptime_s": round(time.monotonic() - started, 3),
            "frames": int(ioc.detector.array_counter_rbv.value),
            "traces": int(ioc.status.traces.value)}
-    emit(as_json, doc, lambda: f"beamtwin IOC {ioc.prefix!r} stopped", indent=None)
+    say(json.dumps(doc) if as_json else f"beamtwin IOC {ioc.prefix!r} stopped")
+    if any(t.name.startswith("beamtwin-trace") and t.is_alive() for t in threading.enumerate()):
+        # a trace still runs in a worker thread that Python cannot interrupt:
+        # its result is not needed, and the IOC has stopped serving
+        sys.__stdout__.flush()
+        sys.stderr.flush()
+        os._exit(0)

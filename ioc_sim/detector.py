@@ -159,8 +159,8 @@ class AreaDetector(PVGroup):
                        "Disable")
     roi_min_x = int_pv("ROI1:MinX", "ROI first column", read_only=False)
     roi_min_y = int_pv("ROI1:MinY", "ROI first row", read_only=False)
-    roi_size_x = int_pv("ROI1:SizeX", "ROI width (0: to the edge)", read_only=False)
-    roi_size_y = int_pv("ROI1:SizeY", "ROI height (0: to the edge)", read_only=False)
+    roi_size_x = int_pv("ROI1:SizeX", "ROI width (1 to the frame width)", read_only=False)
+    roi_size_y = int_pv("ROI1:SizeY", "ROI height (1 to the frame height)", read_only=False)
 
     trig_enable = enum_pv("Trig1:Enable", "event trigger on/off", ("Disable", "Enable"),
                         "Disable")
@@ -211,20 +211,19 @@ class AreaDetector(PVGroup):
 
     @acquire_time.putter
     async def acquire_time(self, instance, value):
-        value = _finite_positive("cam1:AcquireTime", value)
+        value = _bounded("cam1:AcquireTime", value, *ACQUIRE_TIME_S, "s")
         await self.acquire_time_rbv.write(value, verify_value=False)
         return value
 
     @acquire_period.putter
     async def acquire_period(self, instance, value):
-        value = _finite_positive("cam1:AcquirePeriod", value, allow_zero=True)
+        value = _bounded("cam1:AcquirePeriod", value, 0.0, ACQUIRE_TIME_S[1], "s")
         await self.acquire_period_rbv.write(value, verify_value=False)
         return value
 
     @num_images.putter
     async def num_images(self, instance, value):
-        if value < 1:
-            raise ValueError(f"cam1:NumImages must be >= 1, got {value!r}")
+        value = int(_bounded("cam1:NumImages", value, 1, MAX_IMAGES, "frames"))
         await self.num_images_rbv.write(value, verify_value=False)
         return value
 
@@ -240,26 +239,25 @@ class AreaDetector(PVGroup):
 
     @array_counter.putter
     async def array_counter(self, instance, value):
-        if value < 0:
-            raise ValueError(f"cam1:ArrayCounter must be >= 0, got {value!r}")
+        value = int(_bounded("cam1:ArrayCounter", value, 0, 2 ** 31 - 1, "frames"))
         await self.array_counter_rbv.write(value, verify_value=False)
         return value
 
     @roi_min_x.putter
     async def roi_min_x(self, instance, value):
-        return _non_negative_int("ROI1:MinX", value)
+        return int(_bounded("ROI1:MinX", value, 0, self.nx - 1, "pixels"))
 
     @roi_min_y.putter
     async def roi_min_y(self, instance, value):
-        return _non_negative_int("ROI1:MinY", value)
+        return int(_bounded("ROI1:MinY", value, 0, self.ny - 1, "pixels"))
 
     @roi_size_x.putter
     async def roi_size_x(self, instance, value):
-        return _non_negative_int("ROI1:SizeX", value)
+        return int(_bounded("ROI1:SizeX", value, 1, self.nx, "pixels"))
 
     @roi_size_y.putter
     async def roi_size_y(self, instance, value):
-        return _non_negative_int("ROI1:SizeY", value)
+        return int(_bounded("ROI1:SizeY", value, 1, self.ny, "pixels"))
 
     @trig_enable.putter
     async def trig_enable(self, instance, value):
@@ -298,7 +296,8 @@ class AreaDetector(PVGroup):
         for prop, value in ((p.size_x, self.nx), (p.size_y, self.ny), (p.array_size0, self.nx),
                             (p.array_size1, self.ny), (p.pixel_x, det.pixel_um),
                             (p.pixel_y, det.pixel_um), (p.acquire_time, det.exposure_s),
-                            (p.acquire_time_rbv, det.exposure_s)):
+                            (p.acquire_time_rbv, det.exposure_s), (p.roi_size_x, self.nx),
+                            (p.roi_size_y, self.ny)):
             await prop.write(value, verify_value=False)
 
     # ------------------------------------------------------------------ acquisition
@@ -418,19 +417,22 @@ class AreaDetector(PVGroup):
 
 
 
-def _finite_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    value = float(value)
-    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, "
-                         f"got {value!r}")
-    return value
+#: exposure and period bounds, s: a frame of 1 us to 1 h (a longer one would not
+#: end within any client's timeout; a shorter one holds no photon)
+ACQUIRE_TIME_S = (1e-6, 3600.0)
+#: the most frames one Multiple acquisition takes
+MAX_IMAGES = 100_000
 
 
-def _non_negative_int(name: str, value: int) -> int:
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0 pixels, got {value!r}")
-    return int(value)
+def _bounded(name: str, value: object, lo: float, hi: float, unit: str) -> float:
+    """*value* as a float within [lo, hi], else a ValueError naming the value and the range."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        v = math.nan
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise ValueError(f"{name}: {value!r} refused; allowed: {lo:g} to {hi:g} {unit}")
+    return v
 
 
 def make_area_detector(prefix: str, machine: SimulatedMachine, *,

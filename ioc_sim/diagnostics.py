@@ -35,9 +35,13 @@ screen and sample (a camera)
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from typing import Any
 
-from caproto.server import PVGroup
+from caproto import ChannelType
+from caproto.server import PVGroup, pvproperty
 
 from ioc_sim.analysis import counts_frame, frame_stats
 from ioc_sim.machine import SimulatedMachine
@@ -281,11 +285,17 @@ class TwinPVs(PVGroup):
         await self.seed.write(cfg.seed, verify_value=False)
         await self.rate.write(self._rate_hz)
 
+    motion_puts = int_pv("MotionPuts_RBV", "motion commands the motor records received (VAL, "
+                         "DVAL, RLV, tweaks, homing, STOP, SPMG), accepted or refused")
+
     @refused.scan(period=0.1)
     async def refused(self, instance, async_lib):
         n = self.machine.refused_setpoints
         if instance.value != n:
             await instance.write(n, verify_value=False)
+        m = self.machine.motion_puts
+        if self.motion_puts.value != m:
+            await self.motion_puts.write(m, verify_value=False)
 
     @rate.putter
     async def rate(self, instance, value):
@@ -301,27 +311,106 @@ class TwinPVs(PVGroup):
         await self.energy.write(obs.energy_eV, verify_value=False)
 
 
+#: the longest stab:Report, bytes
+REPORT_BYTES = 1024
+#: a loop silent this long is shown as not running, s
+SILENT_S = 10.0
+#: the keys of stab:Report: (type, minimum or None)
+REPORT_KEYS: dict[str, tuple[type, float | None]] = {
+    "running": (int, 0), "corrector": (str, None), "rate": (float, 0.0), "periods": (int, 0),
+    "res_x": (float, 0.0), "res_y": (float, 0.0), "res_size": (float, 0.0),
+    "refused": (int, 0), "message": (str, None)}
+
+
+def parse_report(value: object) -> dict[str, Any]:
+    """The checked content of a ``stab:Report``; raises ValueError naming what is wrong."""
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"stab:Report: not JSON ({exc.msg} at {exc.pos})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"stab:Report: a JSON object is expected, got {type(doc).__name__}")
+    unknown = sorted(set(doc) - set(REPORT_KEYS))
+    if unknown:
+        raise ValueError(f"stab:Report: unknown key(s) {', '.join(unknown)}; allowed: "
+                         f"{', '.join(REPORT_KEYS)}")
+    out: dict[str, Any] = {}
+    for key, v in doc.items():
+        kind, low = REPORT_KEYS[key]
+        if kind is str:
+            if not isinstance(v, str) or len(v.encode()) > 39:
+                raise ValueError(f"stab:Report: {key} must be a string of at most 39 "
+                                 f"bytes, got {v!r}")
+            out[key] = v
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                (kind is int and not float(v).is_integer()):
+            what = "an integer" if kind is int else "a number"
+            raise ValueError(f"stab:Report: {key} must be {what}, got {v!r}")
+        if not math.isfinite(v) or (low is not None and v < low) or abs(v) > 1e15:
+            raise ValueError(f"stab:Report: {key} must be finite and >= {low}, got {v!r}")
+        if key == "running" and v not in (0, 1):
+            raise ValueError(f"stab:Report: running must be 0 or 1, got {v!r}")
+        out[key] = kind(v)
+    return out
+
+
 class StabilizerPVs(PVGroup):
     """``{P}stab:``: the beam stabiliser's switch and what it achieves.
 
     The operator switches the loop with ``Enable``; the loop
-    (``beamtwin stabilize run --epics``) publishes the rest once a second and
-    holds every knob where it is while ``Enable`` is ``Off``.
+    (``beamtwin stabilize run --epics``) holds every knob where it is while
+    ``Enable`` is ``Off``.
+
+    Every ``_RBV`` here is read-only. The loop reports through one input PV,
+    ``Report``: a JSON object (at most :data:`REPORT_BYTES` bytes) with the keys
+    of :data:`REPORT_KEYS`, which the IOC checks (types, finite, non-negative,
+    strings of at most 39 characters) before it publishes them. A report that
+    fails the check is refused with a CA error naming the key and changes
+    nothing. A loop that falls silent for :data:`SILENT_S` s is shown as not
+    running (``Running_RBV`` 0, ``Message_RBV`` "loop silent").
     """
 
     enable = enum_pv("Enable", "stabiliser on or off (the operator's switch)", ("Off", "On"),
                      "On", read_only=False)
-    running = int_pv("Running_RBV", "1 while a stabiliser loop is connected and running",
-                     read_only=False)
-    corrector = string_pv("Corrector_RBV", "corrector the loop runs", read_only=False)
-    rate = float_pv("LoopRate_RBV", "achieved loop rate", units="Hz", precision=1,
-                    read_only=False)
-    periods = int_pv("Periods_RBV", "loop periods so far", read_only=False)
+    report = pvproperty(name="Report", value="", dtype=ChannelType.CHAR,
+                        max_length=REPORT_BYTES, read_only=False,
+                        doc="the loop's status report (JSON), checked and published below")
+    running = int_pv("Running_RBV", "1 while a stabiliser loop is connected and running")
+    corrector = string_pv("Corrector_RBV", "corrector the loop runs")
+    rate = float_pv("LoopRate_RBV", "achieved loop rate", units="Hz", precision=1)
+    periods = int_pv("Periods_RBV", "loop periods so far")
     res_x = float_pv("ResidualX_RBV", "rms change of the sample centroid x over the last "
-                     "second", units="um", precision=5, read_only=False)
+                     "second", units="um", precision=5)
     res_y = float_pv("ResidualY_RBV", "rms change of the sample centroid y over the last "
-                     "second", units="um", precision=5, read_only=False)
+                     "second", units="um", precision=5)
     res_size = float_pv("SizeResidual_RBV", "rms change of the vertical spot size over the last "
-                        "second", units="%", precision=3, read_only=False)
-    refused = int_pv("Refused_RBV", "corrections the safety layer refused", read_only=False)
-    message = string_pv("Message_RBV", "last refusal or state change", read_only=False)
+                        "second", units="%", precision=3)
+    refused = int_pv("Refused_RBV", "corrections the safety layer refused")
+    message = string_pv("Message_RBV", "last refusal or state change")
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix=prefix)
+        self._last_report: float | None = None
+
+    def _targets(self) -> dict[str, Any]:
+        return {"running": self.running, "corrector": self.corrector, "rate": self.rate,
+                "periods": self.periods, "res_x": self.res_x, "res_y": self.res_y,
+                "res_size": self.res_size, "refused": self.refused, "message": self.message}
+
+    @report.putter
+    async def report(self, instance, value):
+        doc = parse_report(value)
+        targets = self._targets()
+        for key, v in doc.items():
+            await targets[key].write(v, verify_value=False)
+        self._last_report = time.monotonic()
+        return value
+
+    @running.scan(period=1.0)
+    async def running(self, instance, async_lib):
+        last = self._last_report
+        if instance.value and (last is None or time.monotonic() - last > SILENT_S):
+            await instance.write(0, verify_value=False)
+            await self.message.write("loop silent", verify_value=False)

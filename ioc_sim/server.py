@@ -20,6 +20,7 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from caproto.asyncio.server import Context, VirtualCircuit
@@ -29,9 +30,42 @@ from ioc_sim.names import SERVER_NAMES
 from twin.errors import ConfigError
 
 __all__ = ["NoDelayContext", "NagleOffContext", "LowLatencyCircuit", "SERVERS", "SERVER_NAMES",
-           "server_context", "serve", "run_forever"]
+           "server_context", "serve", "run_forever", "OneLineRefusals", "PortTakenError",
+           "quiet_refusals"]
 
 log = logging.getLogger(__name__)
+
+
+class PortTakenError(ConfigError):
+    """The CA port asked for is taken (another server listens on it)."""
+
+
+class OneLineRefusals(logging.Filter):
+    """One log line per refused put instead of caproto's full traceback.
+
+    caproto logs every put a putter refuses (a limit, a bound, a read-only
+    field) with ``log.exception``: a 40-line traceback each, 5.5 MB of stderr
+    per 10,000 refusals. A refusal is the client's error and the client gets
+    it as a CA error; the IOC's log keeps one line naming the client and the
+    reason, at WARNING.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
+        if record.exc_info and str(record.msg).startswith("Invalid write request"):
+            exc = record.exc_info[1]
+            user, host = (record.args or ("?", "?"))[:2]  # type: ignore[index]
+            record.msg = "refused a write by %s@%s: %s"
+            record.args = (user, host, exc)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_refusals() -> None:
+    """Install :class:`OneLineRefusals` on caproto's circuit logger (once)."""
+    circ = logging.getLogger("caproto.circ")
+    if not any(isinstance(f, OneLineRefusals) for f in circ.filters):
+        circ.addFilter(OneLineRefusals())
 
 
 class LowLatencyCircuit(VirtualCircuit):
@@ -93,7 +127,7 @@ SERVERS: dict[str, type[Context]] = dict(zip(SERVER_NAMES,
 
 async def serve(ioc: BeamlineIOC, *, interfaces: list[str] | None = None,
                 on_ready: Callable[[int], Awaitable[None] | None] | None = None,
-                server: str = "beamtwin") -> None:
+                server: str = "beamtwin", port: int | None = None) -> None:
     """Serve *ioc* until the task is cancelled (SIGINT or SIGTERM from :func:`run_forever`).
 
     Parameters
@@ -108,9 +142,16 @@ async def serve(ioc: BeamlineIOC, *, interfaces: list[str] | None = None,
     server : str
         ``"beamtwin"`` (TCP_NODELAY, low-latency monitors) or ``"stock"``
         (caproto's own, to measure against).
+    port : int, optional
+        Serve on exactly this TCP port, or raise :class:`PortTakenError`.
+        caproto alone tries the port of ``EPICS_CA_SERVER_PORT`` first and then
+        silently takes a random one, where no client would look.
     """
+    quiet_refusals()
     await ioc.initialise()
     ctx = server_context(server)(ioc.pvdb, interfaces)
+    if port is not None:
+        _require_port(ctx, port)
 
     async def startup(async_lib: Any) -> None:
         ioc.start_background()
@@ -126,6 +167,34 @@ async def serve(ioc: BeamlineIOC, *, interfaces: list[str] | None = None,
         await ioc.stop_background()
 
 
+def _require_port(ctx: Context, port: int) -> None:
+    """Make *ctx* bind *port* on every interface or fail, never another port."""
+
+    async def bind_exactly(make_socket: Any) -> tuple[int, dict[str, Any]]:
+        sockets: dict[str, Any] = {}
+        for interface in ctx.interfaces:
+            try:
+                sockets[interface] = await make_socket(interface, port)
+            except OSError as exc:
+                for sock in sockets.values():
+                    sock.close()
+                raise PortTakenError(f"cannot serve on {interface}:{port}: {exc.strerror or exc}"
+                                     f"; another server (an IOC?) listens there. Stop it, or "
+                                     f"choose another --port") from None
+        return port, sockets
+
+    ctx.ca_server_port = port
+    ctx._bind_tcp_sockets_with_consistent_port_number = bind_exactly  # type: ignore[method-assign]
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel every task left on the loop (caproto's), and let them end."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def server_context(server: str) -> type[Context]:
     """The server context class of flavour *server*; raises ConfigError if unknown."""
     if server not in SERVERS:
@@ -135,20 +204,36 @@ def server_context(server: str) -> type[Context]:
 
 def run_forever(ioc: BeamlineIOC, *, interfaces: list[str] | None = None,
                 on_ready: Callable[[int], Awaitable[None] | None] | None = None,
-                server: str = "beamtwin") -> None:
-    """Serve *ioc* in the foreground until SIGINT or SIGTERM, then shut down cleanly."""
+                server: str = "beamtwin", port: int | None = None) -> None:
+    """Serve *ioc* in the foreground until SIGINT or SIGTERM, then shut down cleanly.
+
+    A trace in flight when the signal comes (it runs in a worker thread, which
+    Python cannot interrupt) is not waited for: its result is no longer needed,
+    and a stop must not wait seconds for it. The caller exits the process.
+    """
+    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="beamtwin-trace")
 
     async def main() -> None:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
+        loop.set_default_executor(executor)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
         try:
-            await serve(ioc, interfaces=interfaces, on_ready=on_ready, server=server)
+            await serve(ioc, interfaces=interfaces, on_ready=on_ready, server=server, port=port)
         except asyncio.CancelledError:
             pass
         finally:
+            # a second signal while shutting down is ignored, not fatal: the
+            # shutdown takes well under a second and ends with the stopped line
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+                loop.add_signal_handler(sig, lambda: None)
 
-    asyncio.run(main())
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+        executor.shutdown(wait=False, cancel_futures=True)
+        loop.run_until_complete(_cancel_the_rest())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
