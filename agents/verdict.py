@@ -19,8 +19,10 @@ not get there is *failed*, with one reason of :data:`REASONS`:
 ``aborted``        the run was aborted (Ctrl-C, an abort request, a lost IOC)
 ``not_run``        an earlier stage ended the run before this one started
 
-and for a run also ``final_beam`` (the beam at the sample misses the criterion)
-and ``error`` (an exception ended the run: a lost IOC, a timeout).
+and for a run also ``final_beam`` (the beam at the sample misses the criterion),
+``error`` (an exception ended the run: a lost IOC, a timeout) and
+``data_not_written`` (the beam was aligned, but the run's data file could not be
+written: a full disk; the document says where the partial file is).
 
 A **run** is aligned when the final beam at the sample meets the whole-beamline
 criterion (:func:`beam_meets`: flux >= ``FLUX_FLOOR`` and each FWHM <=
@@ -48,7 +50,7 @@ __all__ = ["REASONS", "EXIT_CODES", "ON_FAIL", "OnFail", "StageVerdict", "RunVer
 
 #: why a stage or run is not aligned (see the module docstring)
 REASONS = ("budget_spent", "no_beam", "diverged", "safety_refusal", "converged_below",
-           "aborted", "not_run", "final_beam", "error")
+           "aborted", "not_run", "final_beam", "error", "data_not_written")
 
 #: process exit code per run status
 EXIT_CODES = {"success": 0, "fail": 1, "abort": 130}

@@ -23,10 +23,12 @@ Every move is logged in :attr:`EpicsBeamline.move_log` (for the run's report).
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,8 +41,10 @@ from twin.errors import ConfigError, LimitError, NonFiniteError, UnknownNameErro
 from twin.observation import BeamStats, Observation, Reading
 from twin.protocol import MotorInfo
 
-__all__ = ["EpicsConfig", "EpicsBeamline", "MoveTimeoutError", "LimitsChangedError",
-           "MOTOR_READ_FIELDS"]
+log = logging.getLogger(__name__)
+
+__all__ = ["EpicsConfig", "CONNECT_TIMEOUT_ENV", "default_connect_timeout", "EpicsBeamline",
+           "MoveTimeoutError", "LimitsChangedError", "MOTOR_READ_FIELDS"]
 
 #: motor-record fields read for every motor
 MOTOR_READ_FIELDS = ("RBV", "DMOV", "LVIO", "HLM", "LLM", "DHLM", "DLLM", "EGU", "MRES", "VELO",
@@ -56,6 +60,25 @@ class LimitsChangedError(SafetyError, RuntimeError):
     """A motor's soft limits changed during the run; the run stops before the next move."""
 
 
+def default_connect_timeout() -> float:
+    """The connect bound, s: ``BEAMTWIN_CONNECT_TIMEOUT_S`` if set, else 5."""
+    raw = os.environ.get(CONNECT_TIMEOUT_ENV)
+    if raw is None or not raw.strip():
+        return 5.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{CONNECT_TIMEOUT_ENV} must be a finite number of seconds > 0, "
+                          f"got {raw!r}")
+    return value
+
+
+#: environment variable that sets the default connect bound, s
+CONNECT_TIMEOUT_ENV = "BEAMTWIN_CONNECT_TIMEOUT_S"
+
+
 @dataclass(frozen=True, kw_only=True)
 class EpicsConfig:
     """How the EPICS beamline talks to the machine.
@@ -63,7 +86,10 @@ class EpicsConfig:
     Parameters
     ----------
     connect_timeout_s : float
-        Bounded wait for every PV to connect before the run starts, s.
+        Bounded wait for every PV to connect before the run starts: the longest
+        time without a new PV connecting, s (the whole wait is at most 6x; see
+        :meth:`controllers.ca.Channels.connect`). Default: the environment
+        variable ``BEAMTWIN_CONNECT_TIMEOUT_S``, else 5 s.
     move_margin_s : float
         Slack on each move's timeout beyond its expected duration, s.
     move_factor : float
@@ -79,7 +105,7 @@ class EpicsConfig:
         Frames discarded for beam loss before the acquisition gives up.
     """
 
-    connect_timeout_s: float = 5.0
+    connect_timeout_s: float = field(default_factory=lambda: default_connect_timeout())
     move_margin_s: float = 2.0
     move_factor: float = 2.0
     acquire_timeout_s: float = 60.0
@@ -150,6 +176,10 @@ class EpicsBeamline:
         self._t0 = time.monotonic()
         self._limits0 = {m: self._limits(m) for m in names}
         self.moved: set[str] = set()
+        #: move commands sent (a command that sent at least one setpoint)
+        self.moves_sent = 0
+        #: motors that did not get STOP because their IOC was lost
+        self.stop_skipped: list[str] = []
         self.move_log: list[dict[str, Any]] = []
         self.frames_discarded = 0
         self.acquisitions = 0
@@ -252,6 +282,8 @@ class EpicsBeamline:
         try:
             for name, value in targets.items():
                 self.ca.put(self.map.motor_field(name, "VAL"), float(value), use_complete=True)
+                if not sent:
+                    self.moves_sent += 1
                 sent.append(name)
                 self.moved.add(name)
             self._wait_done(sent, t0 + timeout, timeout)
@@ -298,20 +330,36 @@ class EpicsBeamline:
 
     # ------------------------------------------------------------------ extras
     def stop(self, names: Sequence[str] | None = None) -> list[str]:
-        """Write STOP to *names* (default: every motor moved in this run); returns them.
+        """Write STOP to *names* (default: every motor moved in this run); returns
+        those that got it.
 
-        Keeps going past a motor that fails, then raises the first error.
+        Keeps going past a motor that fails, then raises the first error. A motor
+        whose IOC was lost gets no STOP (nothing is written to a lost or restarted
+        server; :class:`~controllers.ca.Channels`): it is listed in
+        :attr:`stop_skipped`, logged on one line, and is not an error here.
         """
         names = sorted(self.moved) if names is None else list(names)
         first: BaseException | None = None
+        stopped, skipped, why = [], [], ""
         for n in names:
+            pv = self.map.motor_field(n, "STOP")
+            lost = self.ca.lost(pv)
+            if lost is not None:
+                if n not in self.stop_skipped:
+                    self.stop_skipped.append(n)
+                    skipped.append(n)
+                    why = lost
+                continue
             try:
-                self.ca.put(self.map.motor_field(n, "STOP"), 1)
+                self.ca.put(pv, 1)
+                stopped.append(n)
             except Exception as exc:  # noqa: BLE001 - stop the others first
                 first = first or exc
+        if skipped:
+            log.warning("no STOP written to %s: %s", ", ".join(skipped), why)
         if first is not None:
             raise first
-        return names
+        return stopped
 
     def image(self, name: str) -> np.ndarray | None:
         """The last image of camera *name* (photon counts, row 0 at the top), or None."""
@@ -368,6 +416,12 @@ class EpicsBeamline:
         dmov = [self.map.motor_field(n, "DMOV") for n in names]
         val = [self.map.motor_field(n, "VAL") for n in names]
         while True:
+            lost = [(n, why) for n, v in zip(names, val, strict=True)
+                    if (why := self.ca.lost(v)) is not None]
+            if lost:
+                self.stop(names)  # the motors of servers still there; none to a lost one
+                raise DisconnectedError(f"IOC lost during the move of "
+                                        f"{', '.join(n for n, _ in lost)}: {lost[0][1]}")
             done = all(self.ca.put_complete(v) for v in val)
             if done and all(int(self.ca.get(d)) == 1 for d in dmov):
                 return

@@ -21,6 +21,7 @@ every axis it moved gets STOP. The document returned has the keys of
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import time
@@ -37,7 +38,7 @@ from agents.safety import SafeBeamline, SafetyConfig
 from agents.stages import Stage, ordered_stages
 from agents.verdict import ON_FAIL, OnFail, run_verdict
 from controllers.epics_beamline import EpicsBeamline, EpicsConfig
-from controllers.nexus import NexusWriter
+from controllers.nexus import DataWriteError, NexusWriter
 from controllers.plans import (
     BeamlineMover,
     BeamlineReader,
@@ -184,8 +185,9 @@ def _snapshot(bl: EpicsBeamline, writer: NexusWriter, when: str) -> tuple[Any, d
     obs = bl.acquire()
     images = {d: bl.image(d) for d in bl.map.diagnostic_names if bl.map.image(d) is not None}
     for n, img in images.items():
-        if img is not None:
-            writer.add_image(f"{when}_{n}", img, title=f"{n} {when} alignment")
+        if img is not None and writer.error is None:
+            with contextlib.suppress(DataWriteError):  # kept in writer.error; reported
+                writer.add_image(f"{when}_{n}", img, title=f"{n} {when} alignment")
     return obs, images
 
 
@@ -211,6 +213,9 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
     with writer:  # on an exception the file is closed as "fail" ("abort" for Ctrl-C)
         say("measuring the beam before alignment")
         before_obs, before_images = _snapshot(bl, writer, "before")
+        if writer.error is not None:  # no record of the run: it does not start
+            raise DataWriteError(f"{writer.error}; the alignment did not start, nothing "
+                                 f"moved")
         bridge = PlanBridge()
         mover, reader = BeamlineMover(bl), BeamlineReader(bl)
         events: list[dict[str, float]] = []
@@ -286,7 +291,9 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
         doc.update({
             "success": verdict.aligned,
             "misalign": None, "evaluations": sum(s["evaluations"] for s in st_docs),
-            "moves": sum(s["moves"] for s in st_docs), "beamline_time_s": run_s,
+            # move commands sent to the IOC: the stages', recovery and return
+            # moves, and those of a run an error ended (which has no stage documents)
+            "moves": bl.moves_sent, "beamline_time_s": run_s,
             "stages": st_docs, "observed_at": observed_at,
             "before": before_obs.reading(observed_at).stats.to_dict(),
             "final": final.to_dict() if final is not None else None,
@@ -308,16 +315,33 @@ def _run(bl: EpicsBeamline, desc: BeamlineDescription, st_list: list[Stage], nam
                        "suspended_s": bl.watchdog.suspended_s,
                        "frames_discarded": bl.frames_discarded, "ca_puts": len(bl.ca.puts),
                        "moved_axes": sorted(bl.moved)}})
-        writer.set_metadata("refusals", refusals)
-        writer.set_metadata("error", error or "")
-        writer.set_metadata("result", jsonable({k: v for k, v in doc.items()
-                                                if k not in ("dry_run", "stages")}))
-        writer.set_metadata("verdict", jsonable(verdict.to_dict()))
-        nexus = writer.close(verdict.exit_status)
-    doc["nexus_file"] = str(nexus.resolve())
-    report = write_report(out, doc, events=events, before_images=before_images,
-                          after_images=after_images, moves=bl.move_log)
-    doc["report"] = str(report.resolve())
+        nexus: Path | None = None
+        try:  # a file that failed during the run raises its error again, untouched
+            writer.set_metadata("refusals", refusals)
+            writer.set_metadata("error", error or "")
+            writer.set_metadata("result", jsonable({k: v for k, v in doc.items()
+                                                    if k not in ("dry_run", "stages")}))
+            writer.set_metadata("verdict", jsonable(verdict.to_dict()))
+            nexus = writer.close(verdict.exit_status)
+        except DataWriteError:
+            writer.abandon()
+    doc["nexus_file"] = str(nexus.resolve()) if nexus is not None else None
+    doc["data_error"] = str(writer.error) if writer.error is not None else None
+    doc["partial_file"] = (str(writer.partial) if nexus is None and writer.partial.exists()
+                           else None)
+    if writer.error is not None:
+        say(f"the data file could not be written: {writer.error}")
+        if doc["exit_status"] == "success":  # aligned, but the run's record is lost
+            doc.update(success=False, exit_status="fail", reason="data_not_written")
+        doc["error"] = doc["error"] or f"DataWriteError: {writer.error}"
+    try:
+        report = write_report(out, doc, events=events, before_images=before_images,
+                              after_images=after_images, moves=bl.move_log)
+        doc["report"] = str(report.resolve())
+    except OSError as exc:
+        doc["report"] = None
+        doc["report_error"] = f"{exc.strerror or exc} ({exc.filename or out})"
+        say(f"the report could not be written: {doc['report_error']}")
     return doc
 
 

@@ -20,6 +20,7 @@ the NeXus writer (:class:`NexusCallback`) and the report.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import queue
 import sys
@@ -305,6 +306,23 @@ def _cause(exc: BaseException, mover: BeamlineMover, reader: BeamlineReader) -> 
     return RunAborted(f"the run was ended by the RunEngine ({type(exc).__name__})")
 
 
+class OneLineErrors(logging.Filter):
+    """The RunEngine's "Run aborted" and "Failed to stop" as one line each.
+
+    The RunEngine logs the exception that ended a run with its full traceback.
+    beamtwin reports that exception as the run's typed outcome (the JSON's
+    ``error``, the exit status), so the log keeps its type and message only.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def run_to_outcome(RE: Any, plan: Any, devices: Sequence[Any],
                    say: Callable[[str], None]) -> tuple[str, str | None]:
     """Run *plan* on *RE*; ``(exit_status, error)`` instead of an exception.
@@ -319,6 +337,9 @@ def run_to_outcome(RE: Any, plan: Any, devices: Sequence[Any],
 
     quiet = contextlib.redirect_stdout(sys.stderr)
     quiet.__enter__()
+    one_line = OneLineErrors()
+    bluesky_log = logging.getLogger("bluesky")
+    bluesky_log.addFilter(one_line)
     try:
         res = RE(plan)
         if res.exit_status != "success":
@@ -336,6 +357,7 @@ def run_to_outcome(RE: Any, plan: Any, devices: Sequence[Any],
         cause = errors[-1] if errors else exc
         return "fail", f"{type(cause).__name__}: {cause}"
     finally:
+        bluesky_log.removeFilter(one_line)
         quiet.__exit__(None, None, None)
 
 
