@@ -29,6 +29,7 @@ from twin.description import BeamlineDescription
 from twin.errors import ConfigError
 from twin.hidden import HiddenErrors
 from twin.observation import BeamStats
+from twin.plotting import save_figure
 from twin.simulator import TwinBeamline
 
 __all__ = ["bench_align", "one_click_align", "summarise", "plot_convergence", "beamline_aligned"]
@@ -183,6 +184,6 @@ def plot_convergence(raw: dict[str, list[TrialResult]], path: str, *, title: str
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path

@@ -23,6 +23,7 @@ from agents.harness import BenchSettings
 from agents.verdict import CRITERION_TEXT, OnFail
 from twin.description import BeamlineDescription
 from twin.errors import BeamtwinError, ConfigError
+from twin.plotting import save_figure
 
 __all__ = ["bench_oneclick", "summarise_runs", "wilson_ci95", "fresh_seed", "plot_oneclick",
            "errored_run"]
@@ -234,6 +235,6 @@ def plot_oneclick(doc: dict[str, Any], runs: Sequence[dict[str, Any]], path: str
     fig.suptitle(f"one-click on {doc['beamline']}: {doc['backend']}, misalign "
                  f"{doc['misalign']:g}, seeds {doc['seed']}+k", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path

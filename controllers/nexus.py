@@ -170,6 +170,9 @@ class NexusWriter:
         self.signal, self.axis = signal, axis
         self.points = 0
         self.closed = False
+        #: the write error that ended this file, if any: every later write raises it
+        #: again without touching h5py, so a caller can finish its run and report it
+        self.error: DataWriteError | None = None
         self._columns: list[str] = []
         self._motors: list[str] = []
         try:
@@ -233,6 +236,8 @@ class NexusWriter:
         The columns are fixed by the first point; a later point lacking one
         stores NaN there, and unknown new columns are refused.
         """
+        if self.error is not None:
+            raise self.error
         if self.closed:
             raise ConfigError(f"NeXus file {str(self.path)!r} is closed")
         values = dict(values)
@@ -331,7 +336,15 @@ class NexusWriter:
         self._guard(write)
 
     def close(self, status: str = "success") -> Path:
-        """Finish: status and end time, flush, fsync, rename to the final name; returns it."""
+        """Finish: status and end time, flush, fsync, rename to the final name; returns it.
+
+        Raises
+        ------
+        DataWriteError
+            If a write failed, now or before (the file stays a ``.partial``).
+        """
+        if self.error is not None:
+            raise self.error
         if self.closed:
             return self.path
 
@@ -384,14 +397,20 @@ class NexusWriter:
                 self.abandon()
 
     def _guard(self, fn: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.closed:
+            raise ConfigError(f"NeXus file {str(self.path)!r} is closed")
         try:
             fn()
             if self._disk.error is not None:
                 raise self._disk.error
         except (OSError, RuntimeError) as exc:  # h5py raises RuntimeError when a flush fails
             self.abandon()
-            raise DataWriteError(f"writing NeXus file {str(self.partial)!r} failed: {exc}; "
-                                 f"{self.points} point(s) were flushed before") from exc
+            self.error = DataWriteError(f"writing NeXus file {str(self.partial)!r} failed: "
+                                        f"{exc}; {self.points} point(s) were flushed before")
+            self.error.__cause__ = exc
+            raise self.error from exc
 
 
 # --------------------------------------------------------------------------- reading

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from twin.cliutil import jsonable
+from twin.plotting import save_figure
 
 __all__ = ["write_report"]
 
@@ -54,7 +56,7 @@ def _plot_beams(path: Path, before: Mapping[str, np.ndarray | None],
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -104,7 +106,7 @@ def _plot_convergence(path: Path, events: Sequence[Mapping[str, float]],
     ax.set_title("one-click alignment over EPICS")
     ax.legend(fontsize=8, ncol=3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -122,7 +124,7 @@ def write_report(out_dir: str | Path, doc: Mapping[str, Any], *,
     stage_names = [s["stage"] for s in doc.get("stages", [])]
     _plot_beams(out / "beam.png", before_images, after_images)
     _plot_convergence(out / "convergence.png", events, stage_names)
-    (out / "report.json").write_text(json.dumps(jsonable({**doc, "moves": list(moves)}),
+    _write_text(out / "report.json", json.dumps(jsonable({**doc, "moves": list(moves)}),
                                                 indent=1))
     f, i, b = doc.get("final") or {}, doc.get("ideal") or {}, doc.get("before") or {}
     lines = [
@@ -177,5 +179,17 @@ def write_report(out_dir: str | Path, doc: Mapping[str, Any], *,
         rb = ", ".join(f"{k}={_fmt(v, '.5g')}" for k, v in m["readbacks"].items())
         lines.append(f"| {_fmt(m['t'], '.2f')} | {_fmt(m['duration_s'], '.2f')} | {tg} | {rb} |")
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    _write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write *text* all or nothing (a temporary file renamed), so a full disk leaves
+    no truncated report behind."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -31,6 +31,8 @@ from bluesky.callbacks.fitting import PeakStats  # imported here: no import in t
 from scipy.optimize import curve_fit
 from scipy.special import erf
 
+from twin.plotting import save_figure
+
 __all__ = ["ScanAnalysis", "peak_stats", "map_stats", "fit_curve", "plot_scan", "has_display",
            "FWHM_PER_SIGMA"]
 
@@ -227,7 +229,7 @@ def plot_scan(path: str | Path, *, x: np.ndarray, y: np.ndarray, x_label: str, y
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

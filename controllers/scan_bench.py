@@ -30,6 +30,7 @@ import numpy as np
 
 from controllers.adaptive import Box, CoarseToFine, GPMapper, reconstruct
 from twin.errors import ConfigError
+from twin.plotting import save_figure
 from twin.specimen import Specimen
 
 __all__ = ["MapSettings", "bench_scan", "adaptive_trial", "coarse_to_fine_trial", "map_time_s"]
@@ -296,6 +297,6 @@ def _plot(path: str, a: dict[str, Any], c: dict[str, Any], settings: MapSettings
         a_.set_xlabel("sample.x (um)")
         a_.set_ylabel("sample.y (um)")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path

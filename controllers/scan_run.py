@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from controllers.adaptive import Box, CoarseToFine, GPMapper, adaptive_plan, reconstruct
-from controllers.nexus import NexusWriter
+from controllers.nexus import DataWriteError, NexusWriter
 from controllers.plans import run_to_outcome
 from controllers.scan_analysis import ScanAnalysis, has_display, plot_scan
 from controllers.scan_devices import Axis, BeamDetector, EnergyAxis, ScanBeamline
@@ -253,18 +253,32 @@ def run_scan(request: ScanRequest, beamline: MovableBeamline, desc: BeamlineDesc
         if request.goto is not None and exit_status == "success":
             moved_to = _goto(request, sbl, axes, result["peak"], data, say)
         plot = _plot(out, stamp, request, desc, data, axis_fields, signal, result)
-        if is_map and len(data[signal]) >= 4:
-            _write_map(writer, request, data, axis_fields, signal)
-        writer.set_metadata("analysis", jsonable(result))
-        writer.set_metadata("moved_to", jsonable(moved_to) if moved_to else "")
-        writer.set_metadata("refusals", sbl.refusals)
-        writer.set_metadata("error", error or "")
         status = {"success": "success", "abort": "abort"}.get(exit_status, "fail")
-        nexus = writer.close(status)
+        nexus: Path | None = None
+        try:  # a file that failed during the run raises its error again here, untouched
+            if is_map and len(data[signal]) >= 4:
+                _write_map(writer, request, data, axis_fields, signal)
+            writer.set_metadata("analysis", jsonable(result))
+            writer.set_metadata("moved_to", jsonable(moved_to) if moved_to else "")
+            writer.set_metadata("refusals", sbl.refusals)
+            writer.set_metadata("error", error or "")
+            nexus = writer.close(status)
+        except DataWriteError as exc:
+            writer.abandon()
+            say(f"the data file could not be written: {exc}")
+        data_error = writer.error
+    if data_error is not None:  # the scan's data are in this document, not in a file
+        if exit_status == "success":
+            exit_status = "fail"
+        error = error or f"{type(data_error).__name__}: {data_error}"
     doc: dict[str, Any] = {
         "plan": request.plan, "motors": list(request.motors) if energy is None else ["energy"],
         "points": result["points"], "peak": result["peak"], "fit": result["fit"] or {},
-        "nexus_file": str(nexus.resolve()), "moved_to": moved_to,
+        "nexus_file": str(nexus.resolve()) if nexus is not None else None,
+        "data_error": str(data_error) if data_error is not None else None,
+        "partial_file": (str(writer.partial) if nexus is None and writer.partial.exists()
+                         else None),
+        "moved_to": moved_to,
         "signal": signal, "detector": request.detector, "exit_status": exit_status,
         "error": error, "run_uid": (nexus_cb.start or {}).get("uid"),
         "analysis_latency_ms": result.get("latency_ms"), "plot": str(plot) if plot else None,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from twin.plotting import save_figure
+
 __all__ = ["plot_runs", "SHOWN"]
 
 #: correctors shown, and the labels they get
@@ -54,6 +56,6 @@ def plot_runs(runs: Mapping[str, Sequence[object]], path: str | Path,
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    save_figure(fig, out, dpi=110)
     plt.close(fig)
     return str(out)

@@ -7,6 +7,7 @@ are drawn.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,7 +15,32 @@ import numpy as np
 
 from twin.observation import Observation, Reading
 
-__all__ = ["plot_observations"]
+__all__ = ["plot_observations", "save_figure"]
+
+
+def save_figure(fig: object, path: str | Path, **kw: object) -> Path:
+    """Write a matplotlib figure all or nothing: to a hidden temporary file in the
+    same folder, renamed to *path* once complete. A full disk or a write error
+    leaves no empty or truncated picture behind; the error is raised.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    path : str or Path
+        The picture's file name; its suffix sets the format.
+    **kw
+        Passed to ``savefig`` (``dpi`` ...).
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", **kw)  # type: ignore[attr-defined]
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
 
 _IMAGING = ("screen", "sample", "detector")
 
@@ -91,8 +117,7 @@ def plot_observations(observations: Sequence[Observation], labels: Sequence[str]
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    try:
+        return save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
