@@ -37,7 +37,16 @@ import click
 from controllers.stabilize_cli import stabilize
 from ioc_sim.cli import ioc_command
 from twin import __version__
-from twin.cliutil import emit, json_option, jsonable, preset_option, run_command
+from twin.cliutil import (
+    SEED,
+    check_device,
+    check_writable,
+    emit,
+    json_option,
+    jsonable,
+    preset_option,
+    run_command,
+)
 from twin.description import BeamlineDescription, Element, MotorSpec
 from twin.errors import ConfigError
 from twin.hidden import HiddenErrors
@@ -176,7 +185,7 @@ def trace_doc(desc: BeamlineDescription, *, backend: str, rays: int, seed: int, 
 @preset_option
 @click.option("--backend", default="xrt", show_default=True, help="Tracing fidelity.")
 @click.option("--rays", type=int, default=10_000, show_default=True, help="Rays per trace.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seeds the rays and the hidden errors.")
 @click.option("--misalign", type=float, default=0.0, show_default=True,
               help="Scale of the random hidden errors (0: ideal beamline, 1: day one).")
@@ -191,6 +200,8 @@ def twin_trace(preset: str | None, backend: str, rays: int, seed: int, misalign:
     """Trace the beamline and report flux, centroid and size at every diagnostic."""
 
     def body() -> None:
+        if png:  # an output that cannot be written fails before the trace
+            check_writable(png, "--png")
         desc = load_preset(preset)
         doc, obs = trace_doc(desc, backend=backend, rays=rays, seed=seed, misalign=misalign,
                              sets=_parse_sets(sets), noise=noise)
@@ -257,6 +268,7 @@ def bench_twin_cmd(preset: str | None, backend: str, rays: int | None, batch: in
             raise ConfigError(f"--batch must be >= 1, got {batch}")
         if rays is not None and rays < 100:
             raise ConfigError(f"--rays must be >= 100, got {rays}")
+        check_device(device)
         desc = load_preset(preset)
         if motor is not None:
             desc.motor(motor)
@@ -335,7 +347,7 @@ def _split(value: str | None) -> list[str] | None:
 
 
 align_options = [
-    click.option("--seed", type=int, default=0, show_default=True,
+    click.option("--seed", type=SEED, default=0, show_default=True,
                  help="Seeds the hidden errors, rays and noise (trial k uses seed + k; "
                       "bench align draws one afresh when it is not given)."),
     click.option("--misalign", type=float, default=1.0, show_default=True,
@@ -407,6 +419,8 @@ def align_cmd(preset: str | None, agent: str | None, stages: str | None, seed: i
 
             if isinstance(budget, bool) or budget < 2:
                 raise ConfigError(f"--budget must be an integer >= 2, got {budget}")
+            if not dry_run:  # the NeXus file and report: writable before anything connects
+                check_writable(out, "--out", folder=True)
             doc = align_over_epics(desc, prefix, mapping=mapping, agent_name=agent,
                                    stage_names=_split(stages), budget=budget, seed=seed,
                                    out_dir=out, progress=say, progress_bar=progress,
@@ -493,7 +507,7 @@ def bench_align_cmd(preset: str | None, agent_list: str, stage_name: str, trials
         if drawn:  # no --seed: trials on beamlines drawn afresh, never a fixed list
             seed = fresh_seed()
         if plot_path:
-            _check_writable(plot_path)
+            check_writable(plot_path, "--plot")
         desc = load_preset(preset)
         settings = _bench_settings(rays, budget, misalign, backend, noise)
         names = _split(agent_list) or []
@@ -531,7 +545,7 @@ def bench_align_cmd(preset: str | None, agent_list: str, stage_name: str, trials
 @preset_option
 @click.option("--trials", type=int, default=50, show_default=True,
               help="One-click runs, each on its own freshly seeded beamline.")
-@click.option("--seed", type=int, default=None,
+@click.option("--seed", type=SEED, default=None,
               help="Base seed (trial k uses seed + k) [default: drawn afresh and reported].")
 @click.option("--misalign", type=float, default=1.0, show_default=True,
               help="Scale of the hidden errors (1: day one).")
@@ -571,9 +585,11 @@ def bench_oneclick_cmd(preset: str | None, trials: int, seed: int | None, misali
 
         desc = load_preset(preset)
         settings = _bench_settings(rays, budget, misalign, backend, noise)
-        for path in (plot_path, runs_path):  # an output that cannot be written fails first
-            if path:
-                _check_writable(path)
+        for option, path in (("--plot", plot_path), ("--runs", runs_path)):
+            if path:  # an output that cannot be written fails first
+                check_writable(path, option)
+        if epics:
+            check_writable(out, "--out", folder=True)
         trial_fn = None
         if epics:
             from controllers.oneclick import epics_trial
@@ -629,17 +645,6 @@ def bench_oneclick_cmd(preset: str | None, trials: int, seed: int | None, misali
     _run(as_json, body)
 
 
-def _check_writable(path: str) -> None:
-    """Refuse an output file whose folder cannot be written, before any work."""
-    import os
-    from pathlib import Path
-
-    folder = Path(path).resolve().parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise ConfigError(f"cannot write {path!r}: folder {str(folder)!r} is missing or "
-                          f"not writable")
-
-
 def _energies(value: str | None) -> tuple[float, ...]:
     items = _split(value) or []
     out = []
@@ -672,7 +677,7 @@ def _widths(v: str) -> tuple[int, ...]:
               help="Beamlines traced in one batch.")
 @click.option("--rays", type=int, default=300, show_default=True,
               help="Rays per beamline state (fast twin).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--max-steps", type=int, default=25, show_default=True, help="Steps per episode.")
 @click.option("--max-step", type=float, default=0.2, show_default=True,
               help="Largest move per step, fraction of each motor's search half-width.")
@@ -721,6 +726,7 @@ def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, nu
                           net_arch=_widths(net_arch), p_imager_error=p_imager_error,
                           energies_eV=_energies(energies),
                           eval_every=eval_every, checkpoint_every=checkpoint_every)
+        check_writable(out, "--out", folder=True)  # the checked config first, then the disk
         doc = train(cfg, out, progress=progress).to_dict()
 
         def text() -> str:
@@ -738,7 +744,7 @@ def train_cmd(preset: str | None, stage_name: str, algo: str, timesteps: int, nu
 
 @cli.command("demo")
 @preset_option
-@click.option("--seed", type=int, default=1, show_default=True,
+@click.option("--seed", type=SEED, default=1, show_default=True,
               help="Seeds the IOC's hidden errors, rays and noise, and the agents.")
 @click.option("--misalign", type=float, default=1.0, show_default=True,
               help="Scale of the hidden errors (1: day one).")
@@ -775,6 +781,7 @@ def demo(preset: str | None, seed: int, misalign: float, backend: str, rays: int
             raise ConfigError(f"--rays must be >= 100, got {rays}")
         if isinstance(budget, bool) or budget < 2:
             raise ConfigError(f"--budget must be an integer >= 2, got {budget}")
+        check_writable(out, "--out", folder=True)
         doc = run_demo(desc, preset=preset, seed=seed, misalign=misalign, backend=backend,
                        rays=rays, disturbances=disturbances, agent_name=agent,
                        stage_names=_split(stages), budget=budget, out=out,
@@ -808,7 +815,7 @@ def demo(preset: str | None, seed: int, misalign: float, backend: str, rays: int
               default="none", show_default=True, help="Fit the scan (erf: a knife edge).")
 @click.option("--exposure", type=float, default=None, help="Exposure per point, s.")
 @click.option("--snake", is_flag=True, help="Meshes: reverse the inner axis every other row.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seeds the simulated beamline, the specimen and the adaptive routines.")
 @click.option("--specimen", type=int, default=None, metavar="SEED",
               help="Mount the test specimen SEED at the simulated sample (the xrf detector) "
@@ -844,6 +851,7 @@ def scan_cmd(plan: str, args: tuple[str, ...], preset: str | None, detector: str
         from controllers.scan_run import movable_motors, run_scan
         from twin.specimen import Specimen
 
+        check_writable(out, "--out", folder=True)
         d = parse_args(plan, args)
         d.update({"detector": detector, "signal": "xrf" if detector == "xrf" else signal,
                   "fit": fit, "snake": snake, "seed": seed})
@@ -927,7 +935,7 @@ def _scan_text(doc: dict[str, Any]) -> str:
 
 
 @bench.command("scan")
-@click.option("--seed", type=int, default=0, show_default=True, help="First specimen.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="First specimen.")
 @click.option("--trials", type=int, default=3, show_default=True, help="Specimens.")
 @click.option("--grid", type=int, default=61, show_default=True,
               help="Points per side of the reference grid.")
@@ -941,6 +949,8 @@ def bench_scan_cmd(seed: int, trials: int, grid: int, plot_path: str | None,
     def body() -> None:
         from controllers.scan_bench import MapSettings, bench_scan
 
+        if plot_path:
+            check_writable(plot_path, "--plot")
         doc = bench_scan(seed=seed, trials=trials, settings=MapSettings(grid=grid),
                          plot=plot_path, progress=lambda m: click.echo(f"bench: {m}", err=True))
         c = doc["coarse_to_fine"]

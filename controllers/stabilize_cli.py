@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from twin.cliutil import emit, json_option, preset_option, run_command
+from twin.cliutil import SEED, check_writable, emit, json_option, preset_option, run_command
 from twin.errors import ConfigError
 from twin.presets import load_preset
 
@@ -38,7 +38,7 @@ def stabilize() -> None:
 
 @stabilize.command("calibrate")
 @preset_option
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seeds the simulated beamline's hidden gap dependence and noise.")
 @click.option("--points", type=int, default=25, show_default=True,
               help="Scan points per leg (4 legs: gap up, down, neighbour up, down).")
@@ -54,6 +54,7 @@ def calibrate_cmd(preset: str | None, seed: int, points: int, out: str, train_du
     """Run the calibration scans on the simulated beamline and fit every model."""
 
     def body() -> None:
+        check_writable(out, "--out")
         from agents.stabilize.bench import training_schedules
         from agents.stabilize.calibration import calibrate
         from agents.stabilize.plant import StabilizeConfig, StabilizePlant
@@ -100,7 +101,7 @@ def calibrate_cmd(preset: str | None, seed: int, points: int, out: str, train_du
 
 @stabilize.command("bench")
 @preset_option
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Hidden gap dependence, held-out schedules and noise.")
 @click.option("--duration", type=float, default=60.0, show_default=True,
               help="Length of each held-out schedule, s.")
@@ -121,6 +122,8 @@ def bench_cmd(preset: str | None, seed: int, duration: float, per_kind: int, rl_
     def body() -> None:
         from agents.stabilize.bench import BenchSettings, bench_stabilize
 
+        if plot_path:
+            check_writable(plot_path, "--plot")
         desc = load_preset(preset)
         st = BenchSettings(duration_s=duration, per_kind=per_kind, rl_steps=rl_steps,
                            rl_policy=rl_policy)
@@ -168,7 +171,7 @@ def _bench_text(doc: dict[str, Any]) -> str:
               help="Run this long, s [default: until Ctrl-C with --epics; 60 on the twin].")
 @click.option("--schedule", type=click.Choice(("energy_scan", "steps", "neighbour", "mixed")),
               default="steps", show_default=True, help="Gap schedule (on the twin).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Simulated beamline and schedule (on the twin).")
 @json_option
 def run_cmd(preset: str | None, model_path: str, corrector: str, rl_policy: str | None,

@@ -282,8 +282,12 @@ class FastBackend:
         #: Soft edges let gradients flow through slit and footprint positions.
         self.soft = float(soft_edges_mm)
         self.desc = desc
-        self.device = torch.device(device if device is not None else
-                                   ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            self.device = torch.device(device if device is not None else
+                                       ("cuda" if torch.cuda.is_available() else "cpu"))
+        except (RuntimeError, TypeError) as exc:
+            raise BackendError(f"device {device!r} is not a torch device (cpu, cuda, "
+                               f"cuda:N): {exc}") from None
         self.dtype = dtype
         self.compiled = bool(compile)
         self._k = {n: (compiled(f) if compile else f) for n, f in K.KERNELS.items()}

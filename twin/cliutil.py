@@ -10,15 +10,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
-from twin.errors import BeamtwinError
+from twin.errors import BeamtwinError, ConfigError
 
-__all__ = ["jsonable", "emit", "run_command", "json_option", "preset_option"]
+__all__ = ["jsonable", "emit", "run_command", "json_option", "preset_option", "SEED",
+           "check_writable", "check_device"]
+
+#: the type of every ``--seed``: numpy seeds are integers in [0, 2**32 - 1]
+SEED = click.IntRange(0, 2 ** 32 - 1)
 
 #: the ``--json`` flag every command takes
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
@@ -47,6 +54,62 @@ def emit(as_json: bool, doc: dict[str, Any], text: Callable[[], str], *,
         click.echo(json.dumps(jsonable(doc), indent=indent, allow_nan=False))
     else:
         click.echo(text())
+
+
+def check_writable(path: str | Path, option: str, *, folder: bool = False) -> Path:
+    """Refuse an output that cannot be written, before any work is done.
+
+    Creates the folder (of *path*, or *path* itself with ``folder=True``) if
+    it is missing, and writes and removes a probe file in it, so a read-only
+    or full file system, or a parent that is a file, fails here with a message
+    that names the option, not after an hour's benchmark.
+
+    Raises
+    ------
+    ConfigError
+        Naming *option*, the path and the reason.
+    """
+    target = Path(path)
+    where = target if folder else (target.parent if str(target.parent) else Path("."))
+    if not folder and target.is_dir():
+        raise ConfigError(f"{option} {str(path)!r} is a folder; give a file name")
+    for up in (where, *where.parents):
+        if up.exists():
+            if not up.is_dir():
+                raise ConfigError(f"{option} {str(path)!r} cannot be written: {str(up)!r} is a "
+                                  f"file, not a folder")
+            break
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".beamtwin-probe-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{option} {str(path)!r} cannot be written: "
+                          f"{exc.strerror or exc} ({exc.filename or where})") from None
+    return target
+
+
+def check_device(device: str | None) -> str | None:
+    """A torch device name checked before any work: ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises
+    ------
+    ConfigError
+        For any other name, or CUDA where this machine has none.
+    """
+    if device is None:
+        return None
+    name = str(device).strip()
+    if not (name == "cpu" or name == "cuda" or (name.startswith("cuda:") and
+                                                 name[5:].isdigit())):
+        raise ConfigError(f"--device {device!r} is not known; allowed: cpu, cuda, cuda:N")
+    if name.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device!r}: this machine has no CUDA GPU; use cpu")
+    return name
 
 
 def run_command(as_json: bool, fn: Callable[[], None]) -> None:

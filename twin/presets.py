@@ -80,7 +80,15 @@ def load_preset(path: str | Path | None = None) -> BeamlineDescription:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"preset file {str(p)!r} does not exist")
-    return preset_from_dict(_parse_toml(p.read_text("utf-8"), str(p)))
+    try:
+        text = p.read_text("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"preset file {str(p)!r} is not a text (UTF-8 TOML) file: byte "
+                          f"{exc.start} is {exc.object[exc.start:exc.start + 1]!r}") from None
+    except OSError as exc:
+        raise ConfigError(f"preset file {str(p)!r} cannot be read: {exc.strerror or exc}"
+                          ) from None
+    return preset_from_dict(_parse_toml(text, str(p)))
 
 
 def at_energy(desc: BeamlineDescription, energy_eV: float) -> BeamlineDescription:
