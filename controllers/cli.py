@@ -28,8 +28,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -50,6 +52,7 @@ from twin.cliutil import (
 from twin.description import BeamlineDescription, Element, MotorSpec
 from twin.errors import ConfigError
 from twin.hidden import HiddenErrors
+from twin.limits import MAX_RAYS, MIN_RAYS
 from twin.presets import load_preset
 
 __all__ = ["main", "cli"]
@@ -266,8 +269,8 @@ def bench_twin_cmd(preset: str | None, backend: str, rays: int | None, batch: in
             raise ConfigError(f"--repeats must be >= 1, got {repeats}")
         if batch < 1:
             raise ConfigError(f"--batch must be >= 1, got {batch}")
-        if rays is not None and rays < 100:
-            raise ConfigError(f"--rays must be >= 100, got {rays}")
+        if rays is not None and not MIN_RAYS <= rays <= MAX_RAYS:
+            raise ConfigError(f"--rays must be within [{MIN_RAYS}, {MAX_RAYS}], got {rays}")
         check_device(device)
         desc = load_preset(preset)
         if motor is not None:
@@ -331,8 +334,8 @@ def _bench_settings(rays: int, budget: int, misalign: float, backend: str,
         raise ConfigError(f"--budget must be an integer >= 2, got {budget}")
     if not (math.isfinite(misalign) and misalign >= 0):
         raise ConfigError(f"--misalign must be a finite number >= 0, got {misalign}")
-    if rays < 100:
-        raise ConfigError(f"--rays must be >= 100, got {rays}")
+    if not MIN_RAYS <= rays <= MAX_RAYS:
+        raise ConfigError(f"--rays must be within [{MIN_RAYS}, {MAX_RAYS}], got {rays}")
     return BenchSettings(rays=rays, budget=budget, misalign=misalign, backend=backend,
                          noise=noise)
 
@@ -777,8 +780,8 @@ def demo(preset: str | None, seed: int, misalign: float, backend: str, rays: int
         desc = load_preset(preset)
         if not (math.isfinite(misalign) and misalign >= 0):
             raise ConfigError(f"--misalign must be a finite number >= 0, got {misalign}")
-        if rays < 100:
-            raise ConfigError(f"--rays must be >= 100, got {rays}")
+        if not MIN_RAYS <= rays <= MAX_RAYS:
+            raise ConfigError(f"--rays must be within [{MIN_RAYS}, {MAX_RAYS}], got {rays}")
         if isinstance(budget, bool) or budget < 2:
             raise ConfigError(f"--budget must be an integer >= 2, got {budget}")
         check_writable(out, "--out", folder=True)
@@ -889,8 +892,8 @@ def scan_cmd(plan: str, args: tuple[str, ...], preset: str | None, detector: str
 
             if not (math.isfinite(misalign) and misalign >= 0):
                 raise ConfigError(f"--misalign must be a finite number >= 0, got {misalign}")
-            if rays < 100:
-                raise ConfigError(f"--rays must be >= 100, got {rays}")
+            if not MIN_RAYS <= rays <= MAX_RAYS:
+                raise ConfigError(f"--rays must be within [{MIN_RAYS}, {MAX_RAYS}], got {rays}")
             movable_motors(request, desc)  # unknown motors are refused before the twin loads
             bl = TwinBeamline(desc, hidden=HiddenErrors.draw(desc, misalign, seed), seed=seed,
                               backend=backend, rays=rays)
@@ -962,6 +965,82 @@ def bench_scan_cmd(seed: int, trials: int, grid: int, plot_path: str | None,
             f"coarse-to-fine: {c['points_saved_pct_median']:.0f} % fewer points, "
             f"{c['time_saved_pct_median']:.0f} % less beamline time, feature coverage >= "
             f"{100 * c['feature_coverage_min']:.1f} %"))
+
+    _run(as_json, body)
+
+
+@bench.command("reliability")
+@click.option("--quick", is_flag=True,
+              help="The test suite's counts (about two minutes) instead of the full ones "
+                   "(about three hours).")
+@click.option("--seed", type=SEED, default=None,
+              help="Seeds every random choice [default: drawn afresh and reported].")
+@click.option("--fuzz-puts", type=click.IntRange(0), default=None,
+              help="Hostile puts to every motor, detector and status field [full: 100000].")
+@click.option("--align-kills", type=click.IntRange(0), default=None,
+              help="IOC kills during alignments over EPICS [full: 50].")
+@click.option("--scan-kills", type=click.IntRange(0), default=None,
+              help="IOC kills during scans over EPICS [full: 50].")
+@click.option("--writer-kills", type=click.IntRange(0), default=None,
+              help="NeXus writers killed mid-file [full: 1000].")
+@click.option("--disk-faults", type=click.IntRange(0), default=None,
+              help="Scans whose data folder fills up or cannot exist [full: 50].")
+@click.option("--scan-requests", type=click.IntRange(0), default=None,
+              help="Fuzzed scan requests [full: 100000].")
+@click.option("--cli", "cli_runs", type=click.IntRange(0), default=None,
+              help="Fuzzed command lines [full: 2000].")
+@click.option("--soak", "soak_s", type=click.FloatRange(0), default=None,
+              help="Soak duration, s [full: 3600].")
+@click.option("--clients", type=click.IntRange(1, 10), default=None,
+              help="Soak clients [full: 8].")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the JSON document to this file.")
+@json_option
+def bench_reliability_cmd(quick: bool, seed: int | None, fuzz_puts: int | None,
+                          align_kills: int | None, scan_kills: int | None,
+                          writer_kills: int | None, disk_faults: int | None,
+                          scan_requests: int | None, cli_runs: int | None,
+                          soak_s: float | None, clients: int | None, out_path: str | None,
+                          as_json: bool) -> None:
+    """The reliability campaign (shared/RELIABILITY.md R1-R12) at full counts: faults
+    injected for real (IOC kills, writer kills, a full disk, fuzzed puts, requests and
+    command lines, a soak). Exit 0 when every goal holds (0 out-of-limit positions,
+    0 hung runs, 0 corrupt files, 0 tracebacks, 0 untyped errors), else 1."""
+
+    def body() -> None:
+        from controllers.reliability import FULL, QUICK, run_campaign
+        from ioc_sim.process import client_env, free_port
+
+        if out_path:
+            check_writable(out_path, "--out")
+        counts = QUICK if quick else FULL
+        given = {"fuzz_puts": fuzz_puts, "align_kills": align_kills, "scan_kills": scan_kills,
+                 "writer_kills": writer_kills, "disk_faults": disk_faults,
+                 "scan_requests": scan_requests, "cli": cli_runs, "soak_s": soak_s,
+                 "soak_clients": clients}
+        counts = dataclasses.replace(counts, **{k: v for k, v in given.items()
+                                                if v is not None})
+        drawn = seed is None
+        use_seed = int.from_bytes(os.urandom(4), "little") if drawn else seed
+        if drawn:
+            click.echo(f"bench reliability: seed {use_seed} (drawn afresh)", err=True)
+        ports: list[int] = []
+        while len(ports) < 3:
+            p = free_port()
+            if p not in ports:
+                ports.append(p)
+        os.environ.update(client_env(ports))  # before pyepics' first use in this process
+        doc = run_campaign(load_preset(None), counts, seed=use_seed, ports=ports,
+                           progress=lambda m: click.echo(f"reliability: {m}", err=True))
+        doc["seed_drawn"] = drawn
+        if out_path:
+            Path(out_path).write_text(json.dumps(jsonable(doc), indent=1))
+        _emit(as_json, doc, lambda: "\n".join(
+            [f"reliability campaign, seed {use_seed}: "
+             f"{'every goal held' if doc['passed'] else 'GOALS MISSED'} "
+             f"({doc['wall_s']:.0f} s)"]
+            + [f"  {k}: {v}" for k, v in doc["goals"].items()]))
+        sys.exit(0 if doc["passed"] else 1)
 
     _run(as_json, body)
 

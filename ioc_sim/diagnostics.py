@@ -288,6 +288,9 @@ class TwinPVs(PVGroup):
     motion_puts = int_pv("MotionPuts_RBV", "motion commands the motor records received (VAL, "
                          "DVAL, RLV, tweaks, homing, STOP, SPMG), accepted or refused")
 
+    excursions = int_pv("LimitExcursions_RBV", "moves that went beyond the soft limits they "
+                        "started under (0: the promise held)")
+
     @refused.scan(period=0.1)
     async def refused(self, instance, async_lib):
         n = self.machine.refused_setpoints
@@ -296,6 +299,9 @@ class TwinPVs(PVGroup):
         m = self.machine.motion_puts
         if self.motion_puts.value != m:
             await self.motion_puts.write(m, verify_value=False)
+        x = self.machine.limit_excursions
+        if self.excursions.value != x:
+            await self.excursions.write(x, verify_value=False)
 
     @rate.putter
     async def rate(self, instance, value):

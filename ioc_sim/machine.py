@@ -103,6 +103,9 @@ class SimulatedMachine:
         #: motion commands received by the motor records (VAL, DVAL, RLV, tweaks,
         #: homing, STOP, SPMG), accepted or refused
         self.motion_puts = 0
+        #: moves that took a motor beyond the soft limits in force when they started
+        #: (the reliability campaign's count at the IOC; 0 is the promise)
+        self.limit_excursions = 0
         #: the neighbouring insertion device's gap (mm) and the direction it last moved
         self.neighbour_gap_mm = desc.disturbances.source_gap.neighbour_gap_mm
         self.neighbour_direction = 1

@@ -212,6 +212,8 @@ class MotorRecord(PVGroup):
         self.axis: AxisMotion = machine.axes[motor]
         self._waiters: list[asyncio.Future[None]] = []
         self._runner: asyncio.Task[None] | None = None
+        self._move_bounds: tuple[float, float] | None = None
+        self._excursion_counted = False
 
     # ------------------------------------------------------------------ set-up
     async def initialise(self) -> None:
@@ -330,7 +332,9 @@ class MotorRecord(PVGroup):
     async def _start(self, dial_target: float) -> float:
         """Start a move to *dial_target* (already checked); returns the quantised target."""
         now = self.machine.now()
-        target = self.axis.move_to(dial_target, now, bounds=self._dial_bounds())
+        self._move_bounds = self._dial_bounds()
+        self._excursion_counted = False
+        target = self.axis.move_to(dial_target, now, bounds=self._move_bounds)
         await self.dval.write(target, verify_value=False)
         await self.dmov.write(0, verify_value=False)
         await self._publish_status(moving=True)
@@ -345,6 +349,7 @@ class MotorRecord(PVGroup):
                 now = self.machine.now()
                 p, v = self.axis.state(now)
                 moving = bool(self.axis.segments)
+                self._check_excursion(p)
                 await self._publish_position(p, v)
                 if not moving:
                     break
@@ -364,6 +369,18 @@ class MotorRecord(PVGroup):
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
+
+    def _check_excursion(self, dial: float) -> None:
+        """Count a move that reached beyond the soft limits it started under."""
+        b = self._move_bounds
+        if b is None or self._excursion_counted:
+            return
+        half = self.axis.resolution / 2
+        if not b[0] - half <= dial <= b[1] + half:
+            self._excursion_counted = True
+            self.machine.limit_excursions += 1
+            self.log.error("%s: dial %r beyond the soft limits [%r, %r] of its move",
+                           self.prefix, dial, *b)
 
     async def _wait_done(self) -> None:
         if self._runner is None or self._runner.done():

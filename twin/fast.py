@@ -43,6 +43,7 @@ from twin.description import (
 from twin.disturbances import SourcePerturbation, nominal_current_mA
 from twin.errors import ConfigError
 from twin.hidden import HiddenErrors
+from twin.limits import check_rays
 from twin.observation import STAT_KEYS
 from twin.settings import validate_positions
 from twin.units import UNITS
@@ -229,8 +230,7 @@ class FastTwin:
                  device: str | torch.device | None = None,
                  dtype: torch.dtype = torch.float64, soft_edges_mm: float = 0.0,
                  compile: bool = False) -> None:
-        if isinstance(rays, bool) or not isinstance(rays, int) or rays < 100:
-            raise ConfigError(f"rays must be an integer >= 100, got {rays!r}")
+        check_rays(rays)
         self.desc = desc
         self.rays = rays
         self.backend = FastBackend(desc, device=device, dtype=dtype, soft_edges_mm=soft_edges_mm,

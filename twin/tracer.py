@@ -35,6 +35,7 @@ from twin.description import (
 from twin.disturbances import DisturbanceState, nominal_current_mA
 from twin.errors import ConfigError, NonFiniteError, UnknownNameError
 from twin.hidden import HiddenErrors
+from twin.limits import check_rays
 from twin.observation import BeamStats, Observation, Reading, beam_stats, image_stats
 from twin.settings import ElementSettings, resolve, validate_positions
 
@@ -119,8 +120,7 @@ class Twin:
 
     def __init__(self, desc: BeamlineDescription, *, backend: str = "xrt",
                  rays: int = 10_000, **backend_options: Any) -> None:
-        if isinstance(rays, bool) or not isinstance(rays, int) or rays < 100:
-            raise ConfigError(f"rays must be an integer >= 100, got {rays!r}")
+        check_rays(rays)
         self.desc = desc
         self.rays = rays
         self.backend_name = backend
