@@ -332,7 +332,12 @@ class MotorRecord(PVGroup):
     async def _start(self, dial_target: float) -> float:
         """Start a move to *dial_target* (already checked); returns the quantised target."""
         now = self.machine.now()
-        self._move_bounds = self._dial_bounds()
+        here, _ = self.axis.state(now)
+        bounds = self._dial_bounds()
+        # a motor that limits changed under may move back towards them: only a position
+        # beyond both the limits and where the move started is an excursion
+        self._move_bounds = None if bounds is None else (min(bounds[0], here),
+                                                         max(bounds[1], here))
         self._excursion_counted = False
         target = self.axis.move_to(dial_target, now, bounds=self._move_bounds)
         await self.dval.write(target, verify_value=False)

@@ -59,8 +59,8 @@ def emit(as_json: bool, doc: dict[str, Any], text: Callable[[], str], *,
 def check_writable(path: str | Path, option: str, *, folder: bool = False) -> Path:
     """Refuse an output that cannot be written, before any work is done.
 
-    Creates the folder (of *path*, or *path* itself with ``folder=True``) if
-    it is missing, and writes and removes a probe file in it, so a read-only
+    With ``folder=True`` creates *path* (a folder) if it is missing; a file's
+    folder must exist. Then writes and removes a probe file in it, so a read-only
     or full file system, or a parent that is a file, fails here with a message
     that names the option, not after an hour's benchmark.
 
@@ -79,6 +79,9 @@ def check_writable(path: str | Path, option: str, *, folder: bool = False) -> Pa
                 raise ConfigError(f"{option} {str(path)!r} cannot be written: {str(up)!r} is a "
                                   f"file, not a folder")
             break
+    if not folder and not where.is_dir():
+        raise ConfigError(f"{option} {str(path)!r} cannot be written: its folder "
+                          f"{str(where)!r} does not exist")
     try:
         where.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".beamtwin-probe-", dir=where)
