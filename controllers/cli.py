@@ -204,7 +204,7 @@ def twin_trace(preset: str | None, backend: str, rays: int, seed: int, misalign:
 
     def body() -> None:
         if png:  # an output that cannot be written fails before the trace
-            check_writable(png, "--png")
+            check_writable(png, "--png", picture=True)
         desc = load_preset(preset)
         doc, obs = trace_doc(desc, backend=backend, rays=rays, seed=seed, misalign=misalign,
                              sets=_parse_sets(sets), noise=noise)
@@ -510,7 +510,7 @@ def bench_align_cmd(preset: str | None, agent_list: str, stage_name: str, trials
         if drawn:  # no --seed: trials on beamlines drawn afresh, never a fixed list
             seed = fresh_seed()
         if plot_path:
-            check_writable(plot_path, "--plot")
+            check_writable(plot_path, "--plot", picture=True)
         desc = load_preset(preset)
         settings = _bench_settings(rays, budget, misalign, backend, noise)
         names = _split(agent_list) or []
@@ -590,7 +590,7 @@ def bench_oneclick_cmd(preset: str | None, trials: int, seed: int | None, misali
         settings = _bench_settings(rays, budget, misalign, backend, noise)
         for option, path in (("--plot", plot_path), ("--runs", runs_path)):
             if path:  # an output that cannot be written fails first
-                check_writable(path, option)
+                check_writable(path, option, picture=option == "--plot")
         if epics:
             check_writable(out, "--out", folder=True)
         trial_fn = None
@@ -953,7 +953,7 @@ def bench_scan_cmd(seed: int, trials: int, grid: int, plot_path: str | None,
         from controllers.scan_bench import MapSettings, bench_scan
 
         if plot_path:
-            check_writable(plot_path, "--plot")
+            check_writable(plot_path, "--plot", picture=True)
         doc = bench_scan(seed=seed, trials=trials, settings=MapSettings(grid=grid),
                          plot=plot_path, progress=lambda m: click.echo(f"bench: {m}", err=True))
         c = doc["coarse_to_fine"]

@@ -123,7 +123,7 @@ def bench_cmd(preset: str | None, seed: int, duration: float, per_kind: int, rl_
         from agents.stabilize.bench import BenchSettings, bench_stabilize
 
         if plot_path:
-            check_writable(plot_path, "--plot")
+            check_writable(plot_path, "--plot", picture=True)
         desc = load_preset(preset)
         st = BenchSettings(duration_s=duration, per_kind=per_kind, rl_steps=rl_steps,
                            rl_policy=rl_policy)

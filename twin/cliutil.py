@@ -56,13 +56,15 @@ def emit(as_json: bool, doc: dict[str, Any], text: Callable[[], str], *,
         click.echo(text())
 
 
-def check_writable(path: str | Path, option: str, *, folder: bool = False) -> Path:
+def check_writable(path: str | Path, option: str, *, folder: bool = False,
+                   picture: bool = False) -> Path:
     """Refuse an output that cannot be written, before any work is done.
 
     With ``folder=True`` creates *path* (a folder) if it is missing; a file's
     folder must exist. Then writes and removes a probe file in it, so a read-only
     or full file system, or a parent that is a file, fails here with a message
-    that names the option, not after an hour's benchmark.
+    that names the option, not after an hour's benchmark. With ``picture=True``
+    the name must also end in a picture format's suffix (``.png`` ...).
 
     Raises
     ------
@@ -70,6 +72,12 @@ def check_writable(path: str | Path, option: str, *, folder: bool = False) -> Pa
         Naming *option*, the path and the reason.
     """
     target = Path(path)
+    if picture:
+        from twin.plotting import PICTURE_FORMATS
+
+        if target.suffix.lstrip(".").lower() not in PICTURE_FORMATS:
+            raise ConfigError(f"{option} {str(path)!r}: a picture's name must end in one of "
+                              f"{', '.join('.' + f for f in PICTURE_FORMATS)}")
     where = target if folder else (target.parent if str(target.parent) else Path("."))
     if not folder and target.is_dir():
         raise ConfigError(f"{option} {str(path)!r} is a folder; give a file name")

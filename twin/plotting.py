@@ -13,9 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from twin.errors import ConfigError
 from twin.observation import Observation, Reading
 
-__all__ = ["plot_observations", "save_figure"]
+__all__ = ["plot_observations", "save_figure", "PICTURE_FORMATS"]
+
+#: the picture formats every plotting command writes (from the file name's suffix)
+PICTURE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 
 def save_figure(fig: object, path: str | Path, **kw: object) -> Path:
@@ -32,10 +36,14 @@ def save_figure(fig: object, path: str | Path, **kw: object) -> Path:
         Passed to ``savefig`` (``dpi`` ...).
     """
     out = Path(path)
+    fmt = out.suffix.lstrip(".").lower()
+    if fmt not in PICTURE_FORMATS:
+        raise ConfigError(f"picture {str(path)!r}: the name must end in one of "
+                          f"{', '.join('.' + f for f in PICTURE_FORMATS)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
-        fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", **kw)  # type: ignore[attr-defined]
+        fig.savefig(tmp, format=fmt, **kw)  # type: ignore[attr-defined]
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
