@@ -378,3 +378,23 @@ def test_an_ioc_lost_mid_alignment_gives_a_typed_error_and_nothing_reaches_its_s
     assert doc["error"].startswith("DisconnectedError"), doc["error"]
     assert doc["moves"] >= 1 and doc["safety"]["moved_axes"]
     assert puts_at_successor == 0  # no STOP, no VAL re-post reached the restarted IOC
+
+
+def test_a_full_disk_during_an_alignment_keeps_the_summary(ioc, tmp_path):
+    """Before, an alignment whose file failed exited 2 (bad input) and printed no summary."""
+    out = tmp_path / "full"
+    r = run_cli(["align", "--epics", "--prefix", ioc.prefix, "--stages", "m1", "--budget", "8",
+                 "--agent", "steer", "--out", str(out), "--json", "--no-progress"],
+                preexec=_limit_file_size(3_000_000), timeout=300)
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    if r.returncode == 2:  # the file failed before the run: nothing moved, and it says so
+        assert "nothing moved" in doc["error"], doc
+        return
+    assert r.returncode == 1, (r.returncode, doc.get("error"))
+    assert doc["exit_status"] == "fail" and not doc["success"]
+    if doc["verdict"]["aligned"]:  # aligned, but its record is lost: not a success
+        assert doc["reason"] == "data_not_written"
+    assert doc["nexus_file"] is None and doc["data_error"] and doc["partial_file"]
+    assert doc["stages"] and doc["moves"] >= 1  # the run's summary is all there
+    assert not list(out.glob("*.h5"))
