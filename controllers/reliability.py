@@ -71,7 +71,7 @@ from twin.description import BeamlineDescription
 from twin.errors import ConfigError
 
 __all__ = ["Counts", "FULL", "QUICK", "run_campaign", "fuzz_puts", "kill_runs", "writer_kills",
-           "disk_faults", "fuzz_scan_requests", "fuzz_cli", "soak", "GOALS"]
+           "disk_faults", "fuzz_scan_requests", "fuzz_cli", "soak", "GOALS", "limit_file_size"]
 
 #: the goals the campaign checks (every count must be 0)
 GOALS = ("out_of_limit_positions", "hung_runs", "corrupt_final_files", "tracebacks",
@@ -403,7 +403,9 @@ def writer_kills(n: int, seed: int, out_dir: Path, *,
             "median_points_at_kill": _median([float(p) for p in points])}
 
 
-def _limit_file_size(limit: int) -> Callable[[], None]:
+def limit_file_size(limit: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child's writes beyond *limit* bytes fail (EFBIG),
+    as a full disk does, instead of killing it (SIGXFSZ ignored)."""
     def pre() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -427,7 +429,7 @@ def disk_faults(n: int, seed: int, out_dir: Path, *,
                         "--backend", "fast", "--rays", "500", "--out", str(out), "--json",
                         "--no-progress")
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=_root(),
-                           preexec_fn=None if unwritable else _limit_file_size(limit))
+                           preexec_fn=None if unwritable else limit_file_size(limit))
         try:
             doc = json.loads(r.stdout)
         except json.JSONDecodeError:

@@ -14,3 +14,11 @@ def wait_for(cond: Callable[[], bool], timeout: float = 10.0, period: float = 0.
             return True
         time.sleep(period)
     return False
+
+
+def get(epics, name: str, **kw):
+    """A fresh value of PV *name* from the server (not the monitor cache); fails if none."""
+    value = epics.caget(name, timeout=5.0, use_monitor=False, **kw)
+    if value is None:
+        raise AssertionError(f"caget {name} timed out")
+    return value

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -20,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from controllers.reliability import limit_file_size
 from ioc_sim.motion import AxisMotion
 from ioc_sim.process import IocError, IocProcess, free_port, random_prefix
-from tests.helpers import wait_for
+from tests.helpers import get, wait_for
 
 IOC_ARGS = ["--backend", "fast", "--rays", "2000", "--seed", "3", "--misalign", "0.5",
             "--no-disturbances", "--diag-rate", "2"]
@@ -33,13 +33,6 @@ BEAMTWIN = [sys.executable, "-m", "controllers.cli"]
 def ioc(ca_ports):
     with IocProcess(random_prefix(), ca_ports[0], IOC_ARGS) as proc:
         yield proc
-
-
-def get(epics, name: str, **kw):
-    value = epics.caget(name, timeout=5.0, use_monitor=False, **kw)
-    if value is None:
-        raise AssertionError(f"caget {name} timed out")
-    return value
 
 
 def put_refused(epics, name: str, value) -> bool:
@@ -264,18 +257,11 @@ def test_command_line_inputs_end_in_clear_errors_not_tracebacks(a_file, tmp_path
 
 
 # --------------------------------------------------------------------------- defect 4
-def _limit_file_size(limit: int):
-    def pre() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return pre
-
-
 def test_a_full_disk_mid_scan_ends_the_scan_cleanly(tmp_path):
     out = tmp_path / "full"
     r = run_cli(["scan", "ascan", "sample.x", "-20", "20", "200", "--backend", "fast", "--rays",
                  "500", "--out", str(out), "--json", "--no-progress"],
-                preexec=_limit_file_size(170_000), timeout=300)
+                preexec=limit_file_size(170_000), timeout=300)
     assert r.returncode == 1, (r.stdout[-1000:], r.stderr[-3000:])
     assert "Traceback" not in r.stderr
     doc = json.loads(r.stdout)
@@ -385,7 +371,7 @@ def test_a_full_disk_during_an_alignment_keeps_the_summary(ioc, tmp_path):
     out = tmp_path / "full"
     r = run_cli(["align", "--epics", "--prefix", ioc.prefix, "--stages", "m1", "--budget", "8",
                  "--agent", "steer", "--out", str(out), "--json", "--no-progress"],
-                preexec=_limit_file_size(3_000_000), timeout=300)
+                preexec=limit_file_size(3_000_000), timeout=300)
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     doc = json.loads(r.stdout)
     if r.returncode == 2:  # the file failed before the run: nothing moved, and it says so

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ioc_sim.process import IocProcess, random_prefix
-from tests.helpers import wait_for
+from tests.helpers import get, wait_for
 
 pytestmark = pytest.mark.ioc
 
@@ -30,13 +30,6 @@ def pv(epics, name: str):
     if not p.connected:
         raise AssertionError(f"PV {name} did not connect")
     return p
-
-
-def get(epics, name: str, **kw):
-    value = epics.caget(name, timeout=5.0, use_monitor=False, **kw)
-    if value is None:
-        raise AssertionError(f"caget {name} timed out")
-    return value
 
 
 # --------------------------------------------------------------------------- serving
