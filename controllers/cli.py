@@ -988,7 +988,8 @@ def bench_scan_cmd(seed: int, trials: int, grid: int, plot_path: str | None,
 @click.option("--scan-requests", type=click.IntRange(0), default=None,
               help="Fuzzed scan requests [full: 100000].")
 @click.option("--cli", "cli_runs", type=click.IntRange(0), default=None,
-              help="Fuzzed command lines [full: 2000].")
+              help="Fuzzed command lines, each in its own process with a time bound "
+                   "[full: 1000].")
 @click.option("--soak", "soak_s", type=click.FloatRange(0), default=None,
               help="Soak duration, s [full: 3600].")
 @click.option("--clients", type=click.IntRange(1, 10), default=None,
@@ -1030,8 +1031,14 @@ def bench_reliability_cmd(quick: bool, seed: int | None, fuzz_puts: int | None,
             if p not in ports:
                 ports.append(p)
         os.environ.update(client_env(ports))  # before pyepics' first use in this process
+        def keep(part: dict) -> None:  # a long campaign's finished parts survive a stop
+            if out_path:
+                Path(out_path).write_text(json.dumps(jsonable({**part, "partial": True}),
+                                                     indent=1))
+
         doc = run_campaign(load_preset(None), counts, seed=use_seed, ports=ports,
-                           progress=lambda m: click.echo(f"reliability: {m}", err=True))
+                           progress=lambda m: click.echo(f"reliability: {m}", err=True),
+                           on_part=keep)
         doc["seed_drawn"] = drawn
         if out_path:
             Path(out_path).write_text(json.dumps(jsonable(doc), indent=1))

@@ -24,9 +24,14 @@ import numpy as np
 from twin.description import BeamlineDescription
 from twin.errors import ConfigError
 
-__all__ = ["HiddenErrors"]
+__all__ = ["HiddenErrors", "MAX_SCALE"]
 
 _STREAM = 0x48494444  # "HIDD": separates this stream from others drawn from the same seed
+
+
+#: the largest misalignment scale: 10 day-one beamlines. A scale of 1e12 once put the
+#: undulator's gap where xrt's source integral runs for hours (the command-line fuzz)
+MAX_SCALE = 10.0
 
 
 @dataclass(frozen=True)
@@ -57,10 +62,12 @@ class HiddenErrors:
         Raises
         ------
         ConfigError
-            If *scale* is negative or not finite.
+            If *scale* is negative, above :data:`MAX_SCALE` or not finite.
         """
-        if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-            raise ConfigError(f"misalignment scale must be a finite number >= 0, got {scale!r}")
+        if not isinstance(scale, (int, float)) or not math.isfinite(scale) or \
+                not 0 <= scale <= MAX_SCALE:
+            raise ConfigError(f"misalignment scale must be a finite number within "
+                              f"[0, {MAX_SCALE:g}] (1 is a day-one beamline), got {scale!r}")
         rng = np.random.default_rng([_STREAM, int(seed)])
         offsets = {}
         knobs = desc.knob_motors()
