@@ -242,7 +242,7 @@ def run_scan(request: ScanRequest, beamline: MovableBeamline, desc: BeamlineDesc
         t0, bt0 = time.monotonic(), sbl.time_s
         try:
             exit_status, error = run_to_outcome(
-                RE, plan, [det, *axes, getattr(sbl, "_group_mover", None)], say)
+                RE, plan, [det, *axes, _GroupErrors(sbl)], say)
         finally:
             if bar is not None:
                 bar.close()
@@ -421,3 +421,16 @@ def _engine_doc(engine: Any) -> dict[str, Any]:
             "roi_pixels": int(engine.roi.sum()) if engine.roi is not None else 0,
             "threshold_sigmas": engine.threshold, "rel_threshold": engine.rel_threshold}
 
+
+class _GroupErrors:
+    """The errors of the scan's group mover, which the plan creates only when it first
+    moves several axes at once: read when the run has ended, not before it starts (a
+    lost IOC was reported as bluesky's ``FailedStatus`` instead of its own error)."""
+
+    def __init__(self, sbl: ScanBeamline) -> None:
+        self._sbl = sbl
+
+    @property
+    def errors(self) -> list[BaseException]:
+        mover = getattr(self._sbl, "_group_mover", None)
+        return list(getattr(mover, "errors", []))

@@ -534,9 +534,18 @@ class MotorRecord(PVGroup):
                 await self.dval.write(end, verify_value=False)
                 await self.val.write(self._user(end), verify_value=False)
             return value
-        # Move or Go: resume towards DVAL if the motor is not there
+        # Move or Go: resume towards DVAL if the motor is not there, and only if DVAL is
+        # still within the soft limits (they may have changed while it was stopped; the
+        # campaign found motors resuming to a setpoint beyond its new limits)
         here, _ = self.axis.state(self.machine.now())
         if self.dval.value != here and not self.axis.segments:
+            if not self._within(self.dval.value):
+                self.log.warning("%s: SPMG %s does not resume to DVAL %r, now outside the "
+                                 "soft limits", self.prefix, value, self.dval.value)
+                await self.lvio.write(1, verify_value=False)
+                await self.dval.write(here, verify_value=False)
+                await self.val.write(self._user(here), verify_value=False)
+                return value
             await self.spmg.write(value, verify_value=False)
             await self._start(self.dval.value)
         return value

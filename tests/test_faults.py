@@ -95,6 +95,26 @@ def test_a_move_to_the_low_limit_never_reads_beyond_it_at_the_ioc(motor, ioc, ep
         epics.caput(rec + ".VELO", velo, wait=True, timeout=5)
 
 
+def test_resuming_never_takes_a_motor_to_a_setpoint_its_new_limits_forbid(ioc, epics):
+    """Found by the campaign: a setpoint stored while SPMG = Stop, the limits narrowed,
+    then SPMG = Go resumed the move to it, beyond the new limits."""
+    rec = f"{ioc.prefix}sample:y"
+    here, hlm = get(epics, rec + ".RBV"), get(epics, rec + ".HLM")
+    try:
+        assert epics.caput(rec + ".SPMG", "Stop", wait=True, timeout=5) == 1
+        assert epics.caput(rec + ".VAL", here + 50.0, wait=True, timeout=5) == 1
+        assert get(epics, rec + ".RBV") == pytest.approx(here)  # stored, not moved
+        assert epics.caput(rec + ".HLM", here + 10.0, wait=True, timeout=5) == 1
+        assert epics.caput(rec + ".SPMG", "Go", wait=True, timeout=5) == 1
+        time.sleep(0.5)
+        assert get(epics, rec + ".RBV") == pytest.approx(here)
+        assert get(epics, rec + ".LVIO") == 1
+    finally:
+        epics.caput(rec + ".SPMG", "Go", wait=True, timeout=5)
+        epics.caput(rec + ".HLM", hlm, wait=True, timeout=5)
+        epics.caput(rec + ".VAL", here, wait=True, timeout=30)
+
+
 # --------------------------------------------------------------------------- defect 2
 def test_configuration_fields_are_bounded_and_the_motor_keeps_working(ioc, epics):
     rec = f"{ioc.prefix}sample:z"
