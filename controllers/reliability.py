@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from controllers.nexus import DataWriteError, recover, validate
+from ioc_sim.machine import TRAVEL_MARGIN
 from ioc_sim.process import IocProcess, random_prefix
 from twin.description import BeamlineDescription
 from twin.errors import ConfigError
@@ -165,12 +166,24 @@ def fuzz_puts(desc: BeamlineDescription, prefix: str, n: int, seed: int, *,
         hi = epics.caget(rec + ".DHLM", timeout=5)
         envelope[motor] = [float(lo), float(hi)]
 
+        spec = desc.motor(motor)
+        margin = TRAVEL_MARGIN * (spec.high - spec.low)
+        now = {"DLLM": float(lo), "DHLM": float(hi)}
+
         def on_limit(value: float, pvname: str = "", **_: Any) -> None:
             with lock:
                 e = envelope[motor]
-                if pvname.endswith(".DLLM") and math.isfinite(value):
+                if not math.isfinite(value):
+                    return
+                now[pvname.rsplit(".", 1)[-1]] = value
+                if now["DLLM"] == 0 and now["DHLM"] == 0:
+                    # DLLM = DHLM = 0: no soft limits (the motor record's rule); the
+                    # hardware travel is then the only limit
+                    e[0] = min(e[0], spec.low - margin)
+                    e[1] = max(e[1], spec.high + margin)
+                elif pvname.endswith(".DLLM"):
                     e[0] = min(e[0], value)
-                elif math.isfinite(value):
+                else:
                     e[1] = max(e[1], value)
 
         def on_position(value: float, **_: Any) -> None:
@@ -221,7 +234,7 @@ def fuzz_puts(desc: BeamlineDescription, prefix: str, n: int, seed: int, *,
     inconsistent, hung = [], []
     for m in desc.motors:
         rec = records[m]
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 75  # a STOP decelerates over ACCL, at most 60 s
         while epics.caget(rec + ".DMOV", timeout=2, use_monitor=False) != 1:
             if time.monotonic() > deadline:
                 hung.append(m)

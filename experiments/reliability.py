@@ -61,17 +61,19 @@ def table(doc: dict) -> str:
     cl = doc.get("cli", {})
     rows.append(("R11 fuzzed command lines", f"{c['cli']:,}",
                  f"{cl.get('crashed')} crashes; exit codes {cl.get('exit_codes')}"))
-    lat = sk.get("latency_ms", {})
+    lat = sk.get("latency_ms") or {}
     io = sk.get("ioc", {})
     rows.append((f"soak: {sk.get('clients')} clients reading, moving and acquiring",
                  f"{c['soak_s']:g} s",
-                 f"{sk.get('errors')} errors in {sk.get('operations'):,} operations; latency "
+                 f"{sk.get('errors')} errors in {sk.get('operations') or 0:,} operations; latency "
                  f"p50 {lat.get('p50', 0):.1f} ms, p99 {lat.get('p99', 0):.0f} ms; IOC RSS "
                  f"{io.get('rss_mb_start', 0):.0f} -> {io.get('rss_mb_end', 0):.0f} MB, threads "
                  f"{io.get('threads_start')} -> {io.get('threads_end')}, fds "
                  f"{io.get('fds_start')} -> {io.get('fds_end')}"))
+    ran = [part in doc for part in ("fuzz", "align_kills", "scan_kills", "writer_kills",
+                                    "disk_faults", "scan_requests", "cli", "soak")]
     out = ["| fault | count | result |", "|---|---|---|"]
-    out += [f"| {a} | {b} | {x} |" for a, b, x in rows]
+    out += [f"| {a} | {b} | {x} |" for (a, b, x), r in zip(rows, ran, strict=True) if r]
     out.append("")
     out.append("Goals: " + ", ".join(f"{k} {v}" for k, v in g.items())
                + f" ({'all held' if doc['passed'] else 'MISSED'}; seed {doc['seed']}, "
@@ -84,7 +86,12 @@ def main() -> None:
     for opt in OPTIONS:
         ap.add_argument(f"--{opt}", default=None)
     ap.add_argument("--out", default=str(ROOT / "docs" / "reliability.json"))
+    ap.add_argument("--table", metavar="JSON", default=None,
+                    help="Only print the table of an earlier campaign's JSON.")
     a = ap.parse_args()
+    if a.table:
+        print(table(json.loads(Path(a.table).read_text())))
+        return
     cmd = [sys.executable, "-m", "controllers.cli", "bench", "reliability", "--json",
            "--out", a.out]
     for opt in OPTIONS:
@@ -93,6 +100,7 @@ def main() -> None:
             cmd += [f"--{opt}", value]
     r = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     doc = json.loads(r.stdout)
+    doc.pop("partial", None)
     print(table(doc))
     sys.exit(r.returncode)
 

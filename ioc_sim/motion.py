@@ -145,6 +145,8 @@ class AxisMotion:
     hit_low: bool = False
     hit_high: bool = False
     last_direction: int = 1
+    #: the limits of the current move (dial); a stop never ends beyond them
+    _bounds: tuple[float, float] = (-math.inf, math.inf)
 
     # ------------------------------------------------------------------ queries
     def state(self, t: float) -> tuple[float, float]:
@@ -208,6 +210,7 @@ class AxisMotion:
             the hardware travel.
         """
         lo, hi = bounds if bounds is not None else (self.travel_low, self.travel_high)
+        self._bounds = (lo, hi)
         target = self.quantise(target)
         p, v = self.state(t)
         self.hit_low = self.hit_high = False
@@ -255,6 +258,10 @@ class AxisMotion:
         speed = abs(v)
         dist = 0.0 if math.isinf(accel) else speed ** 2 / (2 * accel)
         end = self.quantise(p + math.copysign(dist, v))
+        # a slower ramp set mid-move (ACCL up, VELO down) must not carry the motor past
+        # the limits of the move it is stopping
+        lo, hi = self._bounds
+        end = min(max(end, min(lo, p)), max(hi, p))
         return Segment(t, p, end, max(speed, 1e-12), accel, v0=speed)
 
     def _settle_backlash(self, direction: int) -> None:

@@ -58,7 +58,8 @@ Behaviour, as the motor record's:
   its bound fails with a CA error and one log line naming the value and the
   bound (see :data:`FIELD_BOUNDS_DOC`):
 
-  - VELO, BVEL: finite, ``0 < v <= VMAX`` (VMAX is 10x the description's speed);
+  - VELO, BVEL: finite, ``speed/1000 <= v <= VMAX`` (VMAX is 10x the description's
+    speed);
   - ACCL: ``0.001 <= ACCL <= 60`` s;
   - BDST: ``|BDST| <= 10 %`` of the design range; RDBD, ``|TWV|``: within it;
   - OFF: ``|OFF| <= 1e6`` design ranges, so user and dial coordinates stay
@@ -87,6 +88,9 @@ __all__ = ["MotorRecord", "MSTA_BITS", "FIELD_BOUNDS_DOC", "VMAX_FACTOR"]
 #: VMAX, the highest VELO and BVEL a client may set, as a multiple of the
 #: description's slew speed
 VMAX_FACTOR = 10.0
+#: the lowest VELO and BVEL, as a fraction of it: a speed of 1e-300 would leave a
+#: move, and the DMOV a client waits on, unfinished for ever
+VMIN_FACTOR = 1e-3
 #: ACCL bounds, s
 ACCL_RANGE_S = (1e-3, 60.0)
 #: the largest |BDST|, as a fraction of the design range
@@ -95,7 +99,7 @@ BDST_FRACTION = 0.1
 OFF_RANGES = 1e6
 
 FIELD_BOUNDS_DOC = {
-    "VELO": "0 < VELO <= VMAX", "BVEL": "0 < BVEL <= VMAX",
+    "VELO": "speed/1000 <= VELO <= VMAX", "BVEL": "speed/1000 <= BVEL <= VMAX",
     "ACCL": f"{ACCL_RANGE_S[0]} <= ACCL <= {ACCL_RANGE_S[1]} s",
     "BDST": f"|BDST| <= {BDST_FRACTION:g} x design range",
     "RDBD": "0 <= RDBD <= design range", "TWV": "|TWV| <= design range",
@@ -654,7 +658,8 @@ class MotorRecord(PVGroup):
         return self._bounded("TWV", value, -self._range, self._range, low_open=False)
 
     def _speed(self, field: str, value: float) -> float:
-        return self._bounded(field, value, 0.0, self.vmax.value, low_open=True)
+        return self._bounded(field, value, VMIN_FACTOR * self.spec.speed, self.vmax.value,
+                             low_open=False)
 
     def _bounded(self, field: str, value: object, lo: float, hi: float, *,
                  low_open: bool) -> float:
