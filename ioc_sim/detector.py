@@ -47,7 +47,6 @@ Trig1 (event trigger on the analysis)
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 
@@ -64,7 +63,7 @@ from ioc_sim.analysis import (
     frame_stats,
 )
 from ioc_sim.machine import SimulatedMachine
-from ioc_sim.pvs import array_pv, enum_pv, float_pv, int_pv, string_pv
+from ioc_sim.pvs import array_pv, bounded, enum_pv, float_pv, int_pv, string_pv
 from twin.description import Detector
 from twin.errors import ConfigError
 from twin.observation import Observation
@@ -211,19 +210,19 @@ class AreaDetector(PVGroup):
 
     @acquire_time.putter
     async def acquire_time(self, instance, value):
-        value = _bounded("cam1:AcquireTime", value, *ACQUIRE_TIME_S, "s")
+        value = bounded("cam1:AcquireTime", value, *ACQUIRE_TIME_S, "s")
         await self.acquire_time_rbv.write(value, verify_value=False)
         return value
 
     @acquire_period.putter
     async def acquire_period(self, instance, value):
-        value = _bounded("cam1:AcquirePeriod", value, 0.0, ACQUIRE_TIME_S[1], "s")
+        value = bounded("cam1:AcquirePeriod", value, 0.0, ACQUIRE_TIME_S[1], "s")
         await self.acquire_period_rbv.write(value, verify_value=False)
         return value
 
     @num_images.putter
     async def num_images(self, instance, value):
-        value = int(_bounded("cam1:NumImages", value, 1, MAX_IMAGES, "frames"))
+        value = int(bounded("cam1:NumImages", value, 1, MAX_IMAGES, "frames"))
         await self.num_images_rbv.write(value, verify_value=False)
         return value
 
@@ -239,25 +238,25 @@ class AreaDetector(PVGroup):
 
     @array_counter.putter
     async def array_counter(self, instance, value):
-        value = int(_bounded("cam1:ArrayCounter", value, 0, 2 ** 31 - 1, "frames"))
+        value = int(bounded("cam1:ArrayCounter", value, 0, 2 ** 31 - 1, "frames"))
         await self.array_counter_rbv.write(value, verify_value=False)
         return value
 
     @roi_min_x.putter
     async def roi_min_x(self, instance, value):
-        return int(_bounded("ROI1:MinX", value, 0, self.nx - 1, "pixels"))
+        return int(bounded("ROI1:MinX", value, 0, self.nx - 1, "pixels"))
 
     @roi_min_y.putter
     async def roi_min_y(self, instance, value):
-        return int(_bounded("ROI1:MinY", value, 0, self.ny - 1, "pixels"))
+        return int(bounded("ROI1:MinY", value, 0, self.ny - 1, "pixels"))
 
     @roi_size_x.putter
     async def roi_size_x(self, instance, value):
-        return int(_bounded("ROI1:SizeX", value, 1, self.nx, "pixels"))
+        return int(bounded("ROI1:SizeX", value, 1, self.nx, "pixels"))
 
     @roi_size_y.putter
     async def roi_size_y(self, instance, value):
-        return int(_bounded("ROI1:SizeY", value, 1, self.ny, "pixels"))
+        return int(bounded("ROI1:SizeY", value, 1, self.ny, "pixels"))
 
     @trig_enable.putter
     async def trig_enable(self, instance, value):
@@ -422,17 +421,6 @@ class AreaDetector(PVGroup):
 ACQUIRE_TIME_S = (1e-6, 3600.0)
 #: the most frames one Multiple acquisition takes
 MAX_IMAGES = 100_000
-
-
-def _bounded(name: str, value: object, lo: float, hi: float, unit: str) -> float:
-    """*value* as a float within [lo, hi], else a ValueError naming the value and the range."""
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        v = math.nan
-    if not (math.isfinite(v) and lo <= v <= hi):
-        raise ValueError(f"{name}: {value!r} refused; allowed: {lo:g} to {hi:g} {unit}")
-    return v
 
 
 def make_area_detector(prefix: str, machine: SimulatedMachine, *,

@@ -80,7 +80,7 @@ from caproto.server import PVGroup, PvpropertyDouble, pvproperty
 
 from ioc_sim.machine import SimulatedMachine
 from ioc_sim.motion import AxisMotion
-from ioc_sim.pvs import enum_pv, float_pv, int_pv, string_pv
+from ioc_sim.pvs import bounded, enum_pv, float_pv, int_pv, string_pv
 from twin.description import MotorSpec
 
 __all__ = ["MotorRecord", "MSTA_BITS", "FIELD_BOUNDS_DOC", "VMAX_FACTOR"]
@@ -278,10 +278,8 @@ class MotorRecord(PVGroup):
         return self.spec.high - self.spec.low
 
     def _bad_field(self, field: str, value: object, allowed: str) -> ValueError:
-        """One log line and a typed error for a configuration put refused."""
-        msg = f"{self.prefix}.{field}: {value!r} refused; allowed: {allowed}"
-        self.log.warning("%s", msg)
-        return ValueError(msg)
+        """The error of a configuration put refused (the IOC logs it on one line)."""
+        return ValueError(f"{self.prefix}.{field}: {value!r} refused; allowed: {allowed}")
 
     def _within(self, dial: float) -> bool:
         lo, hi = self.dllm.value, self.dhlm.value
@@ -557,7 +555,7 @@ class MotorRecord(PVGroup):
     @off.putter
     async def off(self, instance, value):
         most = OFF_RANGES * self._range
-        value = self._bounded("OFF", value, -most, most, low_open=False)
+        value = self._bounded("OFF", value, -most, most)
         await self._recompute_user(offset=value)
         return value
 
@@ -635,7 +633,7 @@ class MotorRecord(PVGroup):
 
     @accl.putter
     async def accl(self, instance, value):
-        self.axis.accel_s = self._bounded("ACCL", value, *ACCL_RANGE_S, low_open=False)
+        self.axis.accel_s = self._bounded("ACCL", value, *ACCL_RANGE_S, "s")
         return self.axis.accel_s
 
     @bvel.putter
@@ -646,30 +644,24 @@ class MotorRecord(PVGroup):
     @bdst.putter
     async def bdst(self, instance, value):
         most = BDST_FRACTION * self._range
-        self.axis.bdst = self._bounded("BDST", value, -most, most, low_open=False)
+        self.axis.bdst = self._bounded("BDST", value, -most, most)
         return self.axis.bdst
 
     @rdbd.putter
     async def rdbd(self, instance, value):
-        return self._bounded("RDBD", value, 0.0, self._range, low_open=False)
+        return self._bounded("RDBD", value, 0.0, self._range)
 
     @twv.putter
     async def twv(self, instance, value):
-        return self._bounded("TWV", value, -self._range, self._range, low_open=False)
+        return self._bounded("TWV", value, -self._range, self._range)
 
     def _speed(self, field: str, value: float) -> float:
         return self._bounded(field, value, VMIN_FACTOR * self.spec.speed, self.vmax.value,
-                             low_open=False)
+                             f"{self.spec.units}/s")
 
-    def _bounded(self, field: str, value: object, lo: float, hi: float, *,
-                 low_open: bool) -> float:
-        """*value* as a float within [lo, hi] (or (lo, hi]), else a typed error."""
-        try:
-            v = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            v = math.nan
-        ok = math.isfinite(v) and (lo < v if low_open else lo <= v) and v <= hi
-        if not ok:
-            raise self._bad_field(field, value, f"a finite number {'>' if low_open else '>='} "
-                                  f"{lo:.6g} and <= {hi:.6g}")
-        return v
+    def _bounded(self, field: str, value: object, lo: float, hi: float,
+                 unit: str | None = None) -> float:
+        """*value* as a float within [lo, hi] (*unit*: the motor's by default), else a
+        ValueError naming both."""
+        return bounded(f"{self.prefix}.{field}", value, lo, hi,
+                       self.spec.units if unit is None else unit)

@@ -12,7 +12,7 @@ import numpy as np
 from caproto import ChannelType
 from caproto.server import pvproperty
 
-__all__ = ["float_pv", "int_pv", "enum_pv", "string_pv", "array_pv"]
+__all__ = ["float_pv", "int_pv", "enum_pv", "string_pv", "array_pv", "bounded"]
 
 #: caproto warns when max_length x backlog exceeds this many elements
 _BACKLOG_ELEMENTS = 15_000_000
@@ -57,3 +57,19 @@ def array_pv(name: str, doc: str, length: int) -> pvproperty:
     return pvproperty(name=name, value=np.zeros(length, dtype=np.float32), dtype=ChannelType.FLOAT,
                       max_length=length, read_only=True, doc=doc,
                       max_subscription_backlog=backlog)
+
+
+def bounded(name: str, value: object, lo: float, hi: float, unit: str = "") -> float:
+    """*value* as a float within [lo, hi], else a ValueError naming the value and the range.
+
+    A putter raises it; caproto turns it into a CA error for the client, and the IOC logs
+    one line (:class:`ioc_sim.server.OneLineRefusals`).
+    """
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        v = math.nan
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise ValueError(f"{name}: {value!r} refused; allowed: {lo:.6g} to {hi:.6g}"
+                         f"{' ' + unit if unit else ''}")
+    return v
