@@ -11,8 +11,9 @@ translate the beam at the sample, until the camera sees it.
 rasters the height motor of each plane's mirror around the start, nearest points
 first, and stops at the first reading that holds :data:`SEEN_FLUX_RATIO` of the
 ideal flux. Agents that need a beam to climb call it before they start
-(``steer``, ``separable``, ``hybrid``); the ``model`` agent needs none, since it
-steers by the detector behind the sample.
+(``steer``, ``separable``, ``hybrid``). The ``model`` agent first steers by the
+detector behind the sample, and calls it when that fails (a detector off its
+landmark, as on day one, sends the levers' solve beside the sample too).
 """
 
 from __future__ import annotations

@@ -526,13 +526,16 @@ class TwinFocus:
     ----------
     trusted : bool
         False when a solve could not explain the sizes measured (misfit above
-        :data:`MAX_MISFIT`): it stopped before moving there.
+        :data:`MAX_MISFIT`), so that it stopped before moving there; also when no
+        solved point brought the beam onto the judge (:data:`MIN_FLUX_RATIO` of the
+        flux), or a solve returned to a point that had missed it.
     """
 
     model: FocusModel
     rounds: int = 4
     stop_fom: float = 0.95
-    #: False once a solve's misfit exceeded :data:`MAX_MISFIT` (the levers were wrong)
+    #: False once a solve's misfit exceeded :data:`MAX_MISFIT` or its point missed the
+    #: judge (the levers were wrong)
     trusted: bool = field(default=True, init=False)
 
     def continue_from(self, problem: AlignmentProblem, start: Evaluation) -> Evaluation:
@@ -545,6 +548,7 @@ class TwinFocus:
             else None
         seen = [start]
         best = start
+        missed: list[np.ndarray] = []  # solved points whose reading missed the judge
 
         def take(u: np.ndarray) -> Evaluation:
             nonlocal best
@@ -566,7 +570,13 @@ class TwinFocus:
                     self.trusted = False  # the sizes say these levers are not this beamline
                     break
                 u = problem.to_u(self.model.target(sol.offsets))
+                if any(np.allclose(u, m, atol=0.02) for m in missed):
+                    # the solve returns to a point that left the beam beside the judge:
+                    # the levers are not this beamline's (a diagnostic off its landmark)
+                    self.trusted = False
+                    break
                 if take(u).judgement.flux_ratio < MIN_FLUX_RATIO:
+                    missed.append(u)
                     continue  # still beside the judge: solve again, no sizes to straddle
                 # a spot near its waist does not say on which side of it the focus
                 # lies: measure either side, so that the next solve knows
@@ -579,6 +589,8 @@ class TwinFocus:
                     take(v)
         except _Aligned:
             pass
+        if missed and all(ev.judgement.flux_ratio < MIN_FLUX_RATIO for ev in seen[1:]):
+            self.trusted = False  # no solve brought the beam onto the judge
         return best
 
 

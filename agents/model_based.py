@@ -4,8 +4,10 @@ On a KB pair with an imaging diagnostic behind the sample, :class:`ModelBasedAge
 solves with the twin's levers (:mod:`agents.focus_model`). The centroids at the
 sample and the detector give every mirror's pitch and height offsets from the
 start reading, and the spot sizes give the bend, measured either side of each
-solved focus. When the levers cannot explain the sizes (a diagnostic off its
-landmark), it refines from the start exactly as ``steer`` does.
+solved focus. When the levers cannot explain the sizes, or their solve leaves the
+beam beside the judge (a diagnostic off its landmark), it refines from the start
+exactly as ``steer`` does: it finds the beam with the mirrors' heights
+(:func:`agents.beam_search.find_beam`), then focuses.
 
 On any other stage it measures the diagnostic at the start and at a few probing
 points, fits the hidden offsets of the stage's motors to those readings with
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from agents.beam_search import find_beam
 from agents.bender_focus import focus_then_refine
 from agents.focus_model import LeverCache, TwinFocus
 from agents.problem import AlignmentProblem, Evaluation
@@ -117,7 +120,13 @@ class ModelBasedAgent:
                 if solver.trusted:
                     return focus_then_refine(problem, best, desc, stop_fom=self.stop_fom,
                                              initial_step=0.05)
-                return focus_then_refine(problem, start, desc, stop_fom=self.stop_fom,
+                # the bender focus needs the beam on the judge: look for it first, by
+                # the mirrors' heights (they translate the beam; the focus is the
+                # pitch's and the bender's), as steer does
+                found = find_beam(problem, start, desc)
+                if self._done(found, st) or problem.remaining <= 1:
+                    return found.u.copy()
+                return focus_then_refine(problem, found, desc, stop_fom=self.stop_fom,
                                          initial_step=SteerAgent.focus_refine_step)
         return self._calibrate_and_move(desc, problem, start)
 

@@ -162,6 +162,22 @@ def test_levers_that_do_not_explain_the_sizes_are_not_trusted(desc, kb):
     assert solver.trusted and prob.evaluations > 1
 
 
+def test_a_lost_beam_is_found_when_the_detector_misleads_the_levers(desc, kb):
+    """One-click's day one: the focus beside the sample camera *and* the detector 0.5 mm
+    off its landmark. The levers' solve misses the judge (it used to be trusted because
+    no size contradicted it, and the agent refined around an empty field for the whole
+    budget); the model agent must then look for the beam with the mirrors' heights and
+    focus it."""
+    st, span, _, settings = kb
+    truth = {"kb_h.height": 45.0, "kb_v.pitch": 2.0, "detector.x": 0.5, "detector.y": 0.3,
+             "sample.x": 15.0}
+    prob, bl, judge = _problem(desc, st, span, settings, truth, seed=11, budget=100)
+    assert prob.observe_start().judgement.flux_ratio == 0.0
+    prob.finish(ModelBasedAgent().run(prob, np.random.default_rng(11)))
+    assert judge.judge(bl.ground_truth()).success
+    assert prob.evaluations <= 40
+
+
 def test_the_raster_goes_nearest_first():
     pts = raster(2)
     assert len(pts) == 24 and len(set(pts)) == 24 and (0, 0) not in pts
